@@ -1,0 +1,169 @@
+"""The ``capslib`` command.
+
+    capslib train --dataset fashion-mnist --C 10 --D 8 --I 2 --epochs 3 --out run.json
+
+Every config field is an option (``capslib train --help`` lists them); a
+``--profile`` supplies the defaults and options override it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, Callable, Optional
+
+from .config import DataConfig, ModelConfig, PROFILES, RunConfig, TrainConfig, apply_overrides, profile
+
+__all__ = ["main", "add_config_options", "config_from_args"]
+
+_HELP = {
+    "C": "capsule types in PrimaryCaps and each IntermediateCaps",
+    "D": "capsule dimension",
+    "I": "number of IntermediateCaps (ConvCaps) layers, 0..",
+    "class_dim": "class capsule dimension M",
+    "backbone_widths": "three backbone widths (default C·D/4 C·D/2 C·D)",
+    "backbone_kernels": "three backbone kernel sizes",
+    "backbone_strides": "three backbone strides",
+    "backbone_padding": "three backbone paddings",
+    "routing_iters": "dynamic routing iterations r",
+    "init_std": "std of the capsule transformation matrices' normal init",
+    "capsule_layout": "'channel' (correct) or 'reshape' (authors' code)",
+    "recompute_votes": "recompute capsule votes in backward to save memory",
+    "dataset": "cifar10, mnist or fashion-mnist",
+    "root": "data folder (default $CAPSLIB_DATA or ~/.cache/capslib/data)",
+    "train_size": "training images to use (default all after the validation split)",
+    "val_size": "validation images held out of the training set",
+    "test_size": "test images to report on (default all)",
+    "split_seed": "seed of the train/validation split",
+    "epochs": "training epochs",
+    "batch_size": "batch size",
+    "lr": "Adam learning rate",
+    "weight_decay": "Adam weight decay",
+    "alpha": "CCM weight α in margin − α·ΣCCM (0: margin loss only)",
+    "ccm_detached": "compute CCM on detached maps, as the authors' code (no gradient)",
+    "select_on": "choose the best checkpoint on 'val' (correct) or 'test' (authors' code)",
+    "seed": "random seed of weights and batch order",
+    "device": "auto, cpu or cuda",
+    "amp": "bf16 mixed precision on GPU (squash and routing stay fp32)",
+    "collapse_epochs": "epochs near chance that mark a run as collapsed",
+    "probe_every_epoch": "probe dead capsules on the validation set every epoch",
+}
+
+_CHOICES = {"capsule_layout": ["channel", "reshape"], "select_on": ["val", "test"],
+            "dataset": ["cifar10", "mnist", "fashion-mnist"]}
+
+_PARTS = (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
+
+
+def _str2bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _option_type(f: dataclasses.Field) -> tuple[Callable[[str], Any], Optional[int]]:
+    """(converter, nargs) for a dataclass field, from its default value."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    ann = str(f.type)
+    if isinstance(default, bool) or ann == "bool":
+        return _str2bool, None
+    if "tuple" in ann:
+        return int, 3
+    if isinstance(default, float) or ann == "float":
+        return float, None
+    if isinstance(default, int) or "int" in ann:
+        return int, None
+    return str, None
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--name`` option per config field (model, data, train), all defaulting to the profile."""
+    parser.add_argument("--profile", default="smoke", choices=sorted(PROFILES),
+                        help="preset the options below start from (default: smoke)")
+    parser.add_argument("--config", metavar="JSON", help="start from a RunConfig JSON file instead of a profile")
+    seen = set()
+    for part, cls in _PARTS:
+        group = parser.add_argument_group(f"{part} options")
+        for f in dataclasses.fields(cls):
+            if f.name in skip or f.name in seen or f.name in ("in_channels", "image_size", "num_classes", "routing"):
+                continue
+            seen.add(f.name)
+            conv, nargs = _option_type(f)
+            choices = _CHOICES.get(f.name)
+            group.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", type=conv, nargs=nargs, default=None,
+                               metavar=None if choices else f.name.upper(), choices=choices,
+                               help=_HELP.get(f.name, f.name.replace("_", " ")))
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Profile (or --config file) + the options the user gave."""
+    if getattr(args, "config", None):
+        with open(args.config) as fh:
+            base = RunConfig.from_json(fh.read())
+    else:
+        base = profile(args.profile)
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    return apply_overrides(base, **overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    cfg = config_from_args(args)
+    print(f"capslib train: CapsNet[C={cfg.model.C}, D={cfg.model.D}, I={cfg.model.I}] on {cfg.data.dataset} "
+          f"(profile {cfg.profile}, config {cfg.config_hash()})", flush=True)
+    result, _ = fit(cfg, checkpoint_dir=args.checkpoint_dir, progress=not args.quiet)
+    out = args.out or f"runs/train-{cfg.config_hash()}.json"
+    result.to_json(out)
+    dead = ", ".join(f"{k} {v:.0%}" for k, v in result.dead_fraction.items())
+    print(f"test accuracy {result.test_acc:.4f} | best val {result.best_val_acc:.4f} (epoch {result.best_epoch}) | "
+          f"{result.params:,} params | {result.wall_time:.1f}s on {result.provenance['device']}")
+    print(f"dead capsule types (test set): {dead}")
+    print(f"result written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capslib",
+        description="Deep capsule networks, vanishing activations and channel pruning "
+                    "(Sahu & Altahhan 2024): train, prune, sweep and report.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one CapsNet and write a JSON result",
+                       description="Train CapsNet[C, D, I] with margin − α·CCM loss; print progress; write a JSON "
+                                   "result with the config, accuracies, per-epoch history, dead-capsule fractions, "
+                                   "parameter count, wall time and provenance.")
+    add_config_options(p)
+    p.add_argument("--out", help="JSON result path (default runs/train-<config hash>.json)")
+    p.add_argument("--checkpoint-dir", help="keep last.pt/best.pt here; an existing last.pt is resumed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+#: Other modules' subcommands: functions that add a subparser to ``sub``.
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, RuntimeError) as err:  # config errors, missing data, divergence
+        print(f"capslib {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

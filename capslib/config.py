@@ -1,0 +1,414 @@
+"""Typed, validated configuration objects that round-trip to JSON.
+
+Three small dataclasses describe a run:
+
+* :class:`ModelConfig`  - the CapsNet[C, D, I] architecture (paper §3.1);
+* :class:`DataConfig`   - dataset, subset sizes, validation split;
+* :class:`TrainConfig`  - optimiser, loss weights, epochs, determinism.
+
+:class:`RunConfig` bundles them, fills the dataset-dependent model fields
+(input channels, image size, class count) and gives a stable ``config_hash``
+used as the cache key of the results store. Named *profiles* (``smoke``,
+``fmnist``, ``paper``) are presets of these fields.
+
+Every object validates itself in ``__post_init__`` and raises
+:class:`ConfigError` (a ``ValueError``) with a message that names the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+__all__ = [
+    "ConfigError",
+    "DATASETS",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "RunConfig",
+    "PROFILES",
+    "profile",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+#: Dataset name -> (input channels, image size, number of classes).
+DATASETS: dict[str, tuple[int, int, int]] = {
+    "cifar10": (3, 32, 10),
+    "mnist": (1, 28, 10),
+    "fashion-mnist": (1, 28, 10),
+}
+
+_DATASET_ALIASES = {
+    "cifar-10": "cifar10",
+    "fashionmnist": "fashion-mnist",
+    "fashion_mnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+}
+
+
+def canonical_dataset(name: str) -> str:
+    """Map user spellings (``FashionMNIST``, ``cifar-10``) to a key of :data:`DATASETS`."""
+    key = str(name).strip().lower()
+    key = _DATASET_ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}"
+        )
+    return key
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _as_tuple(value: Any, n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(int(v) for v in value)
+    _check(len(value) == n, f"{name} needs {n} values, got {len(value)}: {value}")
+    return value
+
+
+class _JsonMixin:
+    """``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` for flat dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, **kw)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_JsonMixin):
+    """CapsNet[C, D, I] of the paper (§3.1).
+
+    ``C`` capsule types of ``D`` dimensions in PrimaryCaps and in each of the
+    ``I`` IntermediateCaps layers; ``num_classes`` class capsules of
+    ``class_dim`` dimensions.
+
+    Backbone widths default to ``(C*D/4, C*D/2, C*D)``, the widths of the
+    authors' public code (the paper itself does not state them).
+    """
+
+    C: int = 10
+    D: int = 8
+    I: int = 0
+    in_channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+    class_dim: int = 16
+    backbone_widths: Optional[tuple[int, int, int]] = None
+    backbone_kernels: tuple[int, int, int] = (3, 3, 3)
+    backbone_strides: tuple[int, int, int] = (1, 2, 1)
+    backbone_padding: tuple[int, int, int] = (1, 1, 1)
+    primary_kernel: int = 3
+    primary_stride: int = 2
+    primary_padding: int = 0
+    routing: str = "dynamic"
+    routing_iters: int = 3
+    #: std of the normal init of every capsule transformation matrix (trap 6 of
+    #: DESIGN.md: this decides whether deep routing trains at all).
+    init_std: float = 0.1
+    #: "channel" (default, correct): a capsule is the D channels of one type at
+    #: one location. "reshape": a plain reshape of the NCHW conv output, as the
+    #: authors' public code does - kept so the book can test whether the
+    #: paper's findings depend on that layout.
+    capsule_layout: str = "channel"
+    #: Recompute capsule votes in the backward pass instead of storing them
+    #: (gradient checkpointing of each capsule layer); same numbers, far less memory.
+    recompute_votes: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("C", "D", "num_classes", "class_dim", "in_channels", "image_size"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"{name} must be a positive integer, got {v!r}")
+        _check(isinstance(self.I, int) and self.I >= 0, f"I (IntermediateCaps layers) must be an integer >= 0, got {self.I!r}")
+        _check(self.routing_iters >= 1, f"routing_iters must be >= 1, got {self.routing_iters}")
+        _check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
+        _check(self.capsule_layout in ("channel", "reshape"),
+               f"capsule_layout must be 'channel' or 'reshape', got {self.capsule_layout!r}")
+        _check(self.routing in ("dynamic",),
+               f"routing must be 'dynamic', got {self.routing!r}")
+        object.__setattr__(self, "backbone_kernels", _as_tuple(self.backbone_kernels, 3, "backbone_kernels"))
+        object.__setattr__(self, "backbone_strides", _as_tuple(self.backbone_strides, 3, "backbone_strides"))
+        object.__setattr__(self, "backbone_padding", _as_tuple(self.backbone_padding, 3, "backbone_padding"))
+        if self.backbone_widths is not None:
+            widths = _as_tuple(self.backbone_widths, 3, "backbone_widths")
+            _check(all(w > 0 for w in widths), f"backbone_widths must be positive, got {widths}")
+            object.__setattr__(self, "backbone_widths", widths)
+        _check(all(k > 0 for k in self.backbone_kernels), "backbone_kernels must be positive")
+        _check(all(s > 0 for s in self.backbone_strides), "backbone_strides must be positive")
+        _check(all(p >= 0 for p in self.backbone_padding), "backbone_padding must be >= 0")
+        _check(self.primary_kernel > 0 and self.primary_stride > 0 and self.primary_padding >= 0,
+               "primary_kernel/stride must be positive and primary_padding >= 0")
+        # Refuse collapsing feature maps now, not deep inside forward().
+        self.feature_sizes()
+
+    @property
+    def widths(self) -> tuple[int, int, int]:
+        """Backbone output channels: explicit, or (C·D/4, C·D/2, C·D) as in the authors' code."""
+        if self.backbone_widths is not None:
+            return self.backbone_widths
+        cd = self.C * self.D
+        return (max(1, cd // 4), max(1, cd // 2), cd)
+
+    def feature_sizes(self) -> list[tuple[str, int]]:
+        """Spatial size after each conv layer: [("conv1", h), ..., ("primary", h)].
+
+        Raises :class:`ConfigError` naming the first layer whose output would be empty.
+        """
+        size = self.image_size
+        out = []
+        layers = [
+            (f"backbone conv{i + 1}", k, s, p)
+            for i, (k, s, p) in enumerate(zip(self.backbone_kernels, self.backbone_strides, self.backbone_padding))
+        ] + [("PrimaryCaps conv", self.primary_kernel, self.primary_stride, self.primary_padding)]
+        for name, k, s, p in layers:
+            new = (size + 2 * p - k) // s + 1
+            if new < 1:
+                raise ConfigError(
+                    f"feature map collapses at {name}: input {size}x{size}, kernel {k}, "
+                    f"stride {s}, padding {p} gives {new}x{new}. Use padding, a smaller kernel "
+                    f"or fewer layers for {self.image_size}x{self.image_size} inputs."
+                )
+            out.append((name, new))
+            size = new
+        return out
+
+    @property
+    def grid(self) -> int:
+        """Side of the capsule grid (PrimaryCaps and IntermediateCaps)."""
+        return self.feature_sizes()[-1][1]
+
+
+@dataclass(frozen=True)
+class DataConfig(_JsonMixin):
+    """Which dataset, and how much of it.
+
+    ``train_size`` / ``test_size`` of ``None`` mean the whole split.
+    ``val_size`` images are held out of the training set with ``split_seed``;
+    the test set is touched only for the final report (unless the faithful
+    ``select_on="test"`` switch of :class:`TrainConfig` is on).
+    """
+
+    dataset: str = "fashion-mnist"
+    root: Optional[str] = None
+    train_size: Optional[int] = None
+    val_size: int = 5000
+    test_size: Optional[int] = None
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
+        for name in ("train_size", "test_size"):
+            v = getattr(self, name)
+            _check(v is None or (isinstance(v, int) and v > 0), f"{name} must be a positive integer or None, got {v!r}")
+        _check(isinstance(self.val_size, int) and self.val_size > 0, f"val_size must be a positive integer, got {self.val_size!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_JsonMixin):
+    """Optimisation settings (Adam, as in the authors' code).
+
+    ``alpha`` weighs the CCM term: loss = margin − alpha·ΣCCM (eq. 5); with
+    ``alpha=0`` the loss is the margin loss alone.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 2e-7
+    alpha: float = 0.0
+    #: Compute CCM on detached feature maps, as the authors' public code does:
+    #: then the CCM term carries no gradient and cannot shape the channels.
+    ccm_detached: bool = False
+    #: "val" (default): keep the checkpoint with the best validation accuracy.
+    #: "test": keep the best on the *test* set, as the authors' code does; this
+    #: inflates the reported accuracy and exists only to measure by how much.
+    select_on: str = "val"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    #: Collapse detector: validation accuracy within 2 points of chance for
+    #: this many consecutive epochs marks the run as collapsed (§4.1).
+    collapse_epochs: int = 3
+    probe_every_epoch: bool = True
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        _check(self.select_on in ("val", "test"), f"select_on must be 'val' or 'test', got {self.select_on!r}")
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+               f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _check(self.collapse_epochs >= 1, f"collapse_epochs must be >= 1, got {self.collapse_epochs}")
+
+
+@dataclass(frozen=True)
+class RunConfig(_JsonMixin):
+    """One training run: model + data + training. Dataset fixes the model's input."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    profile: str = "custom"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
+        if isinstance(self.data, dict):
+            object.__setattr__(self, "data", DataConfig.from_dict(self.data))
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", TrainConfig.from_dict(self.train))
+        ch, size, ncls = DATASETS[self.data.dataset]
+        m = self.model
+        if (m.in_channels, m.image_size, m.num_classes) != (ch, size, ncls):
+            object.__setattr__(
+                self, "model", m.replace(in_channels=ch, image_size=size, num_classes=ncls)
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        return cls(
+            model=ModelConfig.from_dict(d.pop("model", {})),
+            data=DataConfig.from_dict(d.pop("data", {})),
+            train=TrainConfig.from_dict(d.pop("train", {})),
+            **d,
+        )
+
+    def config_hash(self) -> str:
+        """Stable 12-hex-digit hash of everything that changes a run's numbers.
+
+        ``data.root`` and ``train.device`` are excluded: where the files live
+        and which device is asked for do not change what is computed.
+        """
+        d = self.to_dict()
+        d["data"].pop("root", None)
+        d["train"].pop("device", None)
+        d.pop("profile", None)
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """Flat ``{"model.C": 10, ...}`` view for result rows and tables."""
+        out: dict[str, Any] = {"profile": self.profile}
+        for part in ("model", "data", "train"):
+            for k, v in getattr(self, part).to_dict().items():
+                out[f"{part}.{k}"] = json.dumps(v) if isinstance(v, list) else v
+        return out
+
+
+def _profile_smoke() -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(C=8, D=8, I=1),
+        data=DataConfig(dataset="fashion-mnist", train_size=5000, val_size=1000, test_size=1000),
+        train=TrainConfig(epochs=1, batch_size=64, device="cpu"),
+        profile="smoke",
+    )
+
+
+def _profile_fmnist() -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(C=20, D=8, I=0),
+        data=DataConfig(dataset="fashion-mnist", val_size=5000),
+        train=TrainConfig(epochs=15, batch_size=128),
+        profile="fmnist",
+    )
+
+
+def _profile_paper() -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(C=20, D=8, I=0),
+        data=DataConfig(dataset="cifar10", val_size=5000),
+        train=TrainConfig(epochs=30, batch_size=128),
+        profile="paper",
+    )
+
+
+#: Named presets. ``smoke``: CPU, minutes, a real Fashion-MNIST subset.
+#: ``fmnist``: full Fashion-MNIST at paper scale on a GPU. ``paper``: the
+#: paper's CIFAR-10 settings on a GPU.
+PROFILES = {
+    "smoke": _profile_smoke,
+    "fmnist": _profile_fmnist,
+    "paper": _profile_paper,
+}
+
+
+def profile(name: str, **overrides: Any) -> RunConfig:
+    """Return the named profile with ``model.X`` / ``data.X`` / ``train.X`` or bare-name overrides.
+
+    >>> profile("smoke", C=4, epochs=2).model.C
+    4
+    """
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    cfg = PROFILES[name]()
+    return apply_overrides(cfg, **overrides)
+
+
+def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
+    """Apply overrides given as ``C=20`` or ``model.C=20`` (bare names are looked up in each part)."""
+    parts = {"model": cfg.model.to_dict(), "data": cfg.data.to_dict(), "train": cfg.train.to_dict()}
+    top: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:
+            part, name = key.split(".", 1)
+            if part not in parts or name not in parts[part]:
+                raise ConfigError(f"unknown config field {key!r}")
+            parts[part][name] = value
+            continue
+        if key == "profile":
+            top["profile"] = value
+            continue
+        owners = [p for p, d in parts.items() if key in d]
+        if not owners:
+            raise ConfigError(f"unknown config field {key!r}")
+        if len(owners) > 1:
+            raise ConfigError(f"ambiguous config field {key!r}: prefix it with one of {owners}")
+        parts[owners[0]][key] = value
+    ch, size, ncls = DATASETS[canonical_dataset(parts["data"]["dataset"])]
+    parts["model"].update(in_channels=ch, image_size=size, num_classes=ncls)
+    return RunConfig(
+        model=ModelConfig.from_dict(parts["model"]),
+        data=DataConfig.from_dict(parts["data"]),
+        train=TrainConfig.from_dict(parts["train"]),
+        profile=top.get("profile", cfg.profile),
+    )

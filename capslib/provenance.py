@@ -1,0 +1,65 @@
+"""Where a number came from: library versions, device, git state."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["capslib_version", "git_state", "device_info", "provenance", "resolve_device"]
+
+
+def capslib_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@lru_cache(maxsize=1)
+def git_state() -> tuple[str, bool]:
+    """(sha, dirty) of the repository holding this package, or ("unknown", False)."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return sha, dirty
+    except Exception:
+        return "unknown", False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> CUDA when present, else CPU. Asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but torch sees no CUDA GPU")
+    return dev
+
+
+def device_info(device: Optional[torch.device] = None) -> dict[str, str]:
+    device = device or resolve_device("auto")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+    return {"device": device.type, "device_name": name}
+
+
+def provenance(device: Optional[torch.device] = None) -> dict[str, object]:
+    """Versions, device and git state, for every result row and JSON result."""
+    sha, dirty = git_state()
+    return {
+        "capslib_version": capslib_version(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "none",
+        **device_info(device),
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,175 @@
+"""Squash and dynamic routing: invariants, and equivalence with a slow loop reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from capslib.capsules import ClassCaps, ConvCaps
+from capslib.routing import RoutingTrace, dynamic_routing, squash
+
+torch.set_default_dtype(torch.float32)
+
+
+# ---- slow, obviously correct references (plain Python loops over capsules) ----
+
+def ref_squash(s: list[float]) -> list[float]:
+    n2 = sum(x * x for x in s)
+    if n2 == 0:
+        return [0.0] * len(s)
+    n = math.sqrt(n2)
+    return [n2 / (1 + n2) * x / n for x in s]
+
+
+def ref_route(votes, iters):
+    """votes[k][j] = list of D floats. Softmax over parents j for each child k."""
+    K, J = len(votes), len(votes[0])
+    D = len(votes[0][0])
+    b = [[0.0] * J for _ in range(K)]
+    v = None
+    for r in range(iters):
+        c = []
+        for k in range(K):
+            m = max(b[k])
+            e = [math.exp(x - m) for x in b[k]]
+            z = sum(e)
+            c.append([x / z for x in e])
+        v = []
+        for j in range(J):
+            s = [sum(c[k][j] * votes[k][j][d] for k in range(K)) for d in range(D)]
+            v.append(ref_squash(s))
+        if r < iters - 1:
+            for k in range(K):
+                for j in range(J):
+                    b[k][j] += sum(votes[k][j][d] * v[j][d] for d in range(D))
+    return v
+
+
+def matvec(Wm, x):
+    return [sum(Wm[d][e] * x[e] for e in range(len(x))) for d in range(len(Wm))]
+
+
+def ref_convcaps(u, W, iters, kernel=3, pad=1):
+    """Per output location, per input capsule in the k×k×Cin window, per output type."""
+    B, H, Wd, Cin, Din = u.shape
+    Cout = W.shape[1]
+    u, W = u.double().tolist(), W.double().tolist()
+    out = torch.zeros(B, H, Wd, Cout, W and len(W[0][0]), dtype=torch.float64)
+    for b in range(B):
+        for y in range(H):
+            for x in range(Wd):
+                votes = []
+                for ky in range(kernel):
+                    for kx in range(kernel):
+                        yy, xx = y + ky - pad, x + kx - pad
+                        for i in range(Cin):
+                            if 0 <= yy < H and 0 <= xx < Wd:
+                                child = u[b][yy][xx][i]
+                            else:
+                                child = [0.0] * Din  # zero padding
+                            kidx = (ky * kernel + kx) * Cin + i
+                            votes.append([matvec(W[kidx][j], child) for j in range(Cout)])
+                out[b, y, x] = torch.tensor(ref_route(votes, iters), dtype=torch.float64)
+    return out
+
+
+def ref_classcaps(u, W, iters):
+    B, H, Wd, C, D = u.shape
+    u, Wl = u.double().tolist(), W.double().tolist()
+    N = W.shape[1]
+    out = []
+    for b in range(B):
+        votes = []
+        for y in range(H):
+            for x in range(Wd):
+                for i in range(C):
+                    kidx = (y * Wd + x) * C + i
+                    votes.append([matvec(Wl[kidx][j], u[b][y][x][i]) for j in range(N)])
+        out.append(ref_route(votes, iters))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+# ---- tests ----
+
+def test_squash_values_and_range():
+    s = torch.randn(1000, 8) * torch.logspace(-4, 2, 1000).unsqueeze(1)
+    v = squash(s)
+    n = v.norm(dim=-1)
+    assert (n >= 0).all() and (n < 1).all()
+    # far beyond float32's resolution of 1 - ‖v‖ the length rounds to 1, never above
+    assert (squash(torch.randn(100, 8) * 1e6).norm(dim=-1) <= 1 + 1e-6).all()
+    ns = s.norm(dim=-1)
+    torch.testing.assert_close(n, ns**2 / (1 + ns**2), rtol=1e-5, atol=1e-7)
+    # direction preserved
+    cos = (v * s).sum(-1) / (n * ns)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+    assert torch.allclose(squash(torch.tensor([[3.0, 4.0]])), torch.tensor([[25 / 26 * 0.6, 25 / 26 * 0.8]]))
+
+
+def test_squash_zero_gives_zero_and_finite_gradient():
+    s = torch.zeros(4, 8, requires_grad=True)
+    v = squash(s)
+    assert torch.equal(v, torch.zeros_like(v))
+    v.sum().backward()
+    assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3])
+def test_coupling_coefficients_sum_to_one_over_parents(iters):
+    u_hat = torch.randn(5, 7, 11, 4)  # (n, J parents, K children, D)
+    trace = RoutingTrace([], [], [])
+    v, c = dynamic_routing(u_hat, iters, trace=trace)
+    assert c.shape == (5, 7, 11)
+    torch.testing.assert_close(c.sum(dim=1), torch.ones(5, 11))  # over the parent axis
+    assert not torch.allclose(c.sum(dim=2), torch.ones(5, 7))  # NOT over the children
+    assert len(trace.c) == iters
+    assert (v.norm(dim=-1) < 1).all()
+
+
+def test_routing_zero_votes_no_nan():
+    v, c = dynamic_routing(torch.zeros(3, 4, 5, 6), 3)
+    assert torch.isfinite(v).all() and torch.isfinite(c).all()
+    assert torch.equal(v, torch.zeros_like(v))
+    torch.testing.assert_close(c, torch.full_like(c, 0.25))
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_convcaps_matches_slow_loop(iters):
+    torch.manual_seed(iters)
+    layer = ConvCaps(Cin=2, Din=3, Cout=3, Dout=4, iters=iters, init_std=0.7, recompute=False)
+    u = torch.randn(2, 4, 3, 2, 3)  # non-square grid catches H/W mix-ups
+    got = layer(u)
+    want = ref_convcaps(u, layer.weight.detach(), iters)
+    assert got.shape == (2, 4, 3, 3, 4)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_classcaps_matches_slow_loop(iters):
+    torch.manual_seed(10 + iters)
+    layer = ClassCaps(num_inputs=2 * 3 * 2, Din=3, num_classes=4, Dout=5, iters=iters, init_std=0.7,
+                      recompute=False)
+    u = torch.randn(3, 2, 3, 2, 3)
+    got = layer(u)
+    want = ref_classcaps(u, layer.weight.detach(), iters)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,args,shape", [
+    (ConvCaps, dict(Cin=3, Din=4, Cout=3, Dout=4), (2, 5, 5, 3, 4)),
+    (ClassCaps, dict(num_inputs=75, Din=4, num_classes=10, Dout=16), (2, 5, 5, 3, 4)),
+])
+def test_recompute_gives_identical_values_and_gradients(cls, args, shape):
+    torch.manual_seed(0)
+    a = cls(**args, recompute=False)
+    b = cls(**args, recompute=True)
+    b.load_state_dict(a.state_dict())
+    u1 = torch.randn(shape, requires_grad=True)
+    u2 = u1.detach().clone().requires_grad_()
+    out1, out2 = a(u1), b(u2)
+    torch.testing.assert_close(out1, out2)
+    (out1**2).sum().backward()
+    (out2**2).sum().backward()
+    torch.testing.assert_close(u1.grad, u2.grad)
+    torch.testing.assert_close(a.weight.grad, b.weight.grad)
