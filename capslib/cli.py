@@ -8,6 +8,7 @@ Every config field is an option (``capslib train --help`` lists them); a
 from __future__ import annotations
 
 import argparse
+import importlib
 import dataclasses
 import sys
 from typing import Any, Callable, Optional
@@ -143,13 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    for module in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue
+        mod.register_cli(sub)
     return parser
 
 
-#: Other modules' subcommands: functions that add a subparser to ``sub``.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+#: Modules that add subcommands: each has ``register_cli(subparsers)``.
+_COMMAND_MODULES = ["capslib.pipeline", "capslib.sweeps", "capslib.book"]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
