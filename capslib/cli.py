@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name != module:
                 raise
             continue
-        mod.register_cli(sub)
+        if hasattr(mod, "register_cli"):
+            mod.register_cli(sub)
     return parser
 
 
