@@ -107,7 +107,7 @@ class ConvCaps(nn.Module):
     """
 
     def __init__(self, Cin: int, Din: int, Cout: int, Dout: int, kernel: int = 3, stride: int = 1,
-                 padding: int = 1, iters: int = 3, init_std: float = 0.1, recompute: bool = True):
+                 padding: int = 1, iters: int = 3, init_std: float = 0.3, recompute: bool = True):
         super().__init__()
         self.Cout, self.Dout = Cout, Dout
         self.kernel, self.stride, self.padding, self.iters = kernel, stride, padding, iters
@@ -138,7 +138,7 @@ class ClassCaps(nn.Module):
     """
 
     def __init__(self, num_inputs: int, Din: int, num_classes: int, Dout: int = 16, iters: int = 3,
-                 init_std: float = 0.1, recompute: bool = True):
+                 init_std: float = 0.3, recompute: bool = True):
         super().__init__()
         self.iters, self.recompute = iters, recompute
         self.weight = nn.Parameter(torch.randn(num_inputs, num_classes, Dout, Din) * init_std)
