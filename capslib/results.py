@@ -128,15 +128,22 @@ class ResultsStore:
             return list(csv.DictReader(f))
 
     def append(self, row: dict[str, Any]) -> None:
-        """Add one row atomically. A row whose ``run_key`` is already stored as ``ok`` is not added again;
-        a ``failed`` row is replaced by a later row of the same key."""
+        """Add one row atomically (see :meth:`append_many`)."""
+        self.append_many([row])
+
+    def append_many(self, new_rows: list[dict[str, Any]]) -> None:
+        """Add rows in one atomic write: after a crash either all of them are stored or none.
+
+        A row whose ``run_key`` is already stored as ``ok`` is not added again; a ``failed`` row is
+        replaced by a later row of the same key."""
         with self._lock():
             rows = self._read_rows()
-            key = str(row.get("run_key", ""))
-            if key and any(r.get("run_key") == key and r.get("status") == "ok" for r in rows):
-                return
-            rows = [r for r in rows if not (key and r.get("run_key") == key)]
-            rows.append({k: ("" if v is None else v) for k, v in row.items()})
+            for row in new_rows:
+                key = str(row.get("run_key", ""))
+                if key and any(r.get("run_key") == key and r.get("status") == "ok" for r in rows):
+                    continue
+                rows = [r for r in rows if not (key and r.get("run_key") == key)]
+                rows.append({k: ("" if v is None else v) for k, v in row.items()})
             columns = list(LEAD_COLUMNS)
             for r in rows:
                 columns += [c for c in r if c not in columns]
@@ -162,9 +169,9 @@ class ResultsStore:
             return pd.DataFrame(columns=LEAD_COLUMNS)
         return pd.read_csv(self.path)
 
-    def done_keys(self) -> set[str]:
-        """``run_key`` of every successful row: what a resumed sweep skips."""
-        return {r["run_key"] for r in self._read_rows() if r.get("status") == "ok"}
+    def done_keys(self, column: str = "run_key") -> set[str]:
+        """Values of ``column`` over the successful rows: what a resumed sweep skips."""
+        return {r[column] for r in self._read_rows() if r.get("status") == "ok" and r.get(column)}
 
     def get(self, key: str) -> Optional[dict[str, str]]:
         """The successful row with this ``run_key``, or None."""

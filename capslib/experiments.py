@@ -1,0 +1,175 @@
+"""The paper's experiments as named grids of independent runs, with the paper's own numbers.
+
+Each :class:`Experiment` knows
+
+* its grid of :class:`Point`\\ s for a profile: the paper's full grid under
+  ``paper`` (CIFAR-10) and ``fmnist`` (Fashion-MNIST at paper scale), and a
+  miniature of the same shape under ``smoke`` (small C, D and I, a data subset,
+  one epoch) so that every sweep runs on a CPU in minutes;
+* the paper's table, as printed (Sahu & Altahhan 2024, CIFAR-10).
+
+A smoke grid exercises the code path; its numbers are never a reproduction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .config import RunConfig, apply_overrides, profile as make_profile
+
+__all__ = ["Point", "Experiment", "EXPERIMENTS", "get_experiment", "PAPER_TABLES"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One independent run of a grid.
+
+    ``kind``: "train" (capslib train), "prune" (the §3.5 pipeline at ``pr``,
+    retrained with ``I_after`` IntermediateCaps) or "depth" (a depth search,
+    with pruning at ``pr`` when ``pr > 0``).
+    """
+
+    kind: str
+    overrides: tuple[tuple[str, Any], ...]
+    pr: float = 0.0
+    I_after: Optional[int] = None
+    max_I: Optional[int] = None
+    label: str = ""
+
+    def config(self, profile: str, seed: int = 0) -> RunConfig:
+        return apply_overrides(make_profile(profile), seed=seed, **dict(self.overrides))
+
+    def key_extra(self) -> str:
+        return f"{self.kind}|pr={self.pr}|I_after={self.I_after}|max_I={self.max_I}"
+
+    def describe(self) -> str:
+        ov = " ".join(f"{k}={v}" for k, v in self.overrides)
+        extra = []
+        if self.kind != "train":
+            extra.append(f"PR={self.pr}")
+        if self.I_after is not None:
+            extra.append(f"I_after={self.I_after}")
+        if self.max_I is not None:
+            extra.append(f"max_I={self.max_I}")
+        return f"{self.kind:5s} {ov} {' '.join(extra)}".rstrip()
+
+
+def _cd(C: int, D: int, **kw: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(dict(C=C, D=D, **kw).items()))
+
+
+# --------------------------------------------------------------------------------------
+# The paper's numbers (CIFAR-10, test accuracy in %; Table 5: maximum depth I).
+# --------------------------------------------------------------------------------------
+TABLE1_CONFIGS = [(10, 8), (20, 8), (32, 8), (16, 6), (16, 12), (8, 12)]
+TABLE1_PR = [0.0, 0.125, 0.25, 0.375, 0.5, 0.6, 0.75]  # 0.625 for D = 6 and 12 (the table's *)
+TABLE1 = {
+    (10, 8): [73.92, 74.26, 74.37, 74.53, 74.71, 74.09, 73.84],
+    (20, 8): [77.05, 78.71, 77.75, 77.61, 76.76, 76.88, 76.12],
+    (32, 8): [77.37, 78.01, 76.88, 78.50, 78.50, 77.24, 76.63],
+    (16, 6): [75.40, 75.54, 75.39, 74.66, 73.99, 73.02, 71.49],
+    (16, 12): [76.30, 79.12, 78.43, 78.43, 78.21, 77.02, 75.06],
+    (8, 12): [75.12, 76.12, 75.46, 75.44, 74.94, 75.39, 74.28],
+}
+TABLE2_CONFIGS = [(10, 8), (20, 8), (16, 12), (8, 12)]
+TABLE2 = {
+    (10, 8): [73.9, 75.2, 75.2, 75.5, 75.4, 74.3, 74.1, 75.2, 74.4, 73.3, 73.5],
+    (20, 8): [77.1, 76.7, 77.3, 77.7, 77.4, 76.8, 76.2, 10, 10, 10, 10],
+    (16, 12): [76.3, 78.6, 78.6, 78.2, 77.1, 77.6, 76.7, 76.4, 75, 75.6, 74.3],
+    (8, 12): [75.1, 75.1, 75.2, 75.4, 75.1, 75.5, 75.1, 75.3, 73.7, 75.3, 75.2],
+}
+TABLE3 = {0.0: {6: 76.2, 7: 10}, 0.125: {6: 78.9, 7: 79.3}, 0.25: {6: 79.5, 7: 79.6}, 0.375: {6: 79.0, 7: 79.2}}
+KERNEL3 = dict(backbone_kernels=(3, 3, 3), backbone_strides=(1, 2, 1), backbone_padding=(1, 1, 1),
+               primary_kernel=3, primary_stride=2, primary_padding=0)
+KERNEL5 = dict(backbone_kernels=(5, 5, 5), backbone_strides=(1, 1, 1), backbone_padding=(0, 0, 0),
+               primary_kernel=5, primary_stride=1, primary_padding=0)
+TABLE4 = [((32, 8), "k5", 82.17), ((32, 8), "k3", 77.37), ((20, 8), "k5", 72.94), ((20, 8), "k3", 77.05)]
+TABLE5 = {(20, 10): 8, (20, 8): 6, (20, 6): 4, (16, 6): 5, (10, 6): 7, (10, 8): ">30"}
+
+#: The paper's tables, keyed by experiment name, as long-format records for reports.
+PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
+    "table1": [dict(C=c, D=d, PR=(0.625 if pr == 0.6 and d != 8 else pr), paper=v)
+               for (c, d), vals in TABLE1.items() for pr, v in zip(TABLE1_PR, vals)],
+    "table2": [dict(C=c, D=d, I=i, paper=v) for (c, d), vals in TABLE2.items() for i, v in enumerate(vals)],
+    "table3": [dict(C=20, D=8, PR=pr, I=i, paper=v) for pr, row in TABLE3.items() for i, v in row.items()],
+    "table4": [dict(C=c, D=d, kernels=k, paper=v) for (c, d), k, v in TABLE4],
+    "table5": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
+    "fig3": [],
+}
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    grid_fn: Callable[[str], list[Point]]
+    default_profile: str = "fmnist"
+    columns: tuple[str, ...] = field(default_factory=tuple)
+
+    def grid(self, profile: str) -> list[Point]:
+        return self.grid_fn(profile)
+
+
+def _small(profile: str) -> bool:
+    return profile == "smoke"
+
+
+def _table1(profile: str) -> list[Point]:
+    if _small(profile):
+        return [Point("prune", _cd(c, d), pr=pr) if pr else Point("train", _cd(c, d))
+                for c, d in [(4, 4), (8, 4)] for pr in (0.0, 0.25, 0.5)]
+    pts = []
+    for c, d in TABLE1_CONFIGS:
+        for pr in TABLE1_PR:
+            pr = 0.625 if pr == 0.6 and d != 8 else pr
+            pts.append(Point("prune", _cd(c, d), pr=pr) if pr else Point("train", _cd(c, d)))
+    return pts
+
+
+def _table2(profile: str) -> list[Point]:
+    if _small(profile):
+        return [Point("train", _cd(4, 4, I=i)) for i in range(3)]
+    return [Point("train", _cd(c, d, I=i)) for c, d in TABLE2_CONFIGS for i in range(11)]
+
+
+def _table3(profile: str) -> list[Point]:
+    if _small(profile):
+        C, D, depths, prs = 4, 4, (1, 2), (0.0, 0.25)
+    else:
+        C, D, depths, prs = 20, 8, (6, 7), (0.0, 0.125, 0.25, 0.375)
+    return [Point("prune", _cd(C, D), pr=pr, I_after=i) if pr else Point("train", _cd(C, D, I=i))
+            for pr in prs for i in depths]
+
+
+def _table4(profile: str) -> list[Point]:
+    configs = [(4, 4)] if _small(profile) else [(32, 8), (20, 8)]
+    return [Point("train", _cd(c, d, **(KERNEL5 if k == "k5" else KERNEL3)), label=k)
+            for c, d in configs for k in ("k5", "k3")]
+
+
+def _table5(profile: str) -> list[Point]:
+    if _small(profile):
+        return [Point("depth", _cd(4, 4), max_I=2)]
+    return [Point("depth", _cd(c, d), max_I=(31 if (c, d) == (10, 8) else 12)) for c, d in TABLE5]
+
+
+def _fig3(profile: str) -> list[Point]:
+    if _small(profile):
+        return [Point("train", _cd(4, 4, I=2, epochs=2))]
+    return [Point("train", _cd(20, 8, I=6))]
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
+    Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
+    Experiment("table3", "Table 3: pruning rescues CapsNet[C=20, D=8] at I = 6, 7", _table3),
+    Experiment("table4", "Table 4: backbone kernel size and stride", _table4),
+    Experiment("table5", "Table 5: maximum depth without pruning (depth search)", _table5),
+    Experiment("fig3", "Fig. 3: dead capsules over epochs, CapsNet[C=20, D=8, I=6]", _fig3),
+]}
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]

@@ -1,0 +1,168 @@
+"""The paper's tables beside ours: ``capslib report NAME`` and the book's reproduction page.
+
+Our numbers come from the results store (mean ± std over seeds, with the
+dataset, profile, device and capslib version they were produced with). The
+paper's numbers are CIFAR-10; where our dataset differs, the delta compares
+different datasets and the table says so in its ``dataset`` column.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .experiments import PAPER_TABLES, get_experiment
+from .results import ResultsStore
+
+__all__ = ["Report", "ours_table", "report"]
+
+KEYS = {
+    "table1": ["C", "D", "PR"],
+    "table2": ["C", "D", "I"],
+    "table3": ["C", "D", "PR", "I"],
+    "table4": ["C", "D", "kernels"],
+    "table5": ["C", "D"],
+    "fig3": ["C", "D", "I", "epoch"],
+}
+
+
+def _num(v):
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() else f
+    except (TypeError, ValueError):
+        return v
+
+
+def _long_rows(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Store rows -> one record per (table key, seed) with ``value`` (accuracy in %, or max depth)."""
+    recs = []
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    for _, r in ok.iterrows():
+        C, D, I = _num(r.get("model.C")), _num(r.get("model.D")), _num(r.get("model.I"))
+        kind, stage = r.get("kind", "train"), r.get("stage", "train")
+        pr = _num(r.get("pr", 0.0)) or 0.0
+        base = dict(C=C, D=D, seed=_num(r.get("seed")), dataset=r.get("data.dataset"), profile=r.get("profile"),
+                    device=r.get("device_name") or r.get("device"), capslib_version=r.get("capslib_version"))
+        acc = 100.0 * float(r["test_acc"]) if pd.notna(r.get("test_acc")) else np.nan
+        if name == "table1" and ((kind == "train" and stage == "train") or (kind == "prune" and stage == "retrain")):
+            recs.append(dict(base, PR=pr if kind == "prune" else 0.0, value=acc))
+        elif name == "table2" and stage == "train":
+            recs.append(dict(base, I=I, value=acc))
+        elif name == "table3" and ((kind == "train" and stage == "train") or (kind == "prune" and stage == "retrain")):
+            i_after = _num(r.get("I_after"))
+            recs.append(dict(base, PR=pr if kind == "prune" else 0.0, I=I if kind == "train" else i_after, value=acc))
+        elif name == "table4" and stage == "train":
+            recs.append(dict(base, kernels=r.get("label"), value=acc))
+        elif name == "table5" and stage == "depth_summary":
+            recs.append(dict(base, value=_num(r.get("max_depth"))))
+        elif name == "fig3" and stage == "train":
+            for h in json.loads(r["history"]):
+                inter = [v for k, v in h["dead"].items() if k.startswith("inter")]
+                recs.append(dict(base, I=I, epoch=h["epoch"], value=100.0 * h["val_acc"],
+                                 dead_inter=100.0 * float(np.mean(inter)) if inter else np.nan))
+    return pd.DataFrame(recs)
+
+
+def ours_table(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate store rows over seeds: mean, std and count per table key."""
+    keys = KEYS[name]
+    long = _long_rows(name, df)
+    if long.empty:
+        return pd.DataFrame(columns=keys + ["ours", "ours_std", "seeds"])
+    agg = dict(ours=("value", "mean"), ours_std=("value", "std"), seeds=("seed", "nunique"),
+               dataset=("dataset", "first"), profile=("profile", "first"), device=("device", "first"),
+               capslib_version=("capslib_version", "first"))
+    if "dead_inter" in long:
+        agg["dead_inter"] = ("dead_inter", "mean")
+    numeric = pd.to_numeric(long["value"], errors="coerce")
+    if numeric.isna().any():  # e.g. a depth ">30": keep as text, no mean
+        long["value"] = long["value"].astype(str)
+        agg["ours"] = ("value", "first")
+        agg["ours_std"] = ("value", lambda s: np.nan)
+    return long.groupby(keys, dropna=False).agg(**agg).reset_index()
+
+
+@dataclass
+class Report:
+    name: str
+    title: str
+    table: pd.DataFrame
+    csv_path: Optional[Path] = None
+    png_path: Optional[Path] = None
+
+    def text(self) -> str:
+        if self.table.empty:
+            return f"{self.title}\n(no rows)"
+        t = self.table.copy()
+        for col in ("paper", "ours", "ours_std", "delta"):
+            if col in t:
+                t[col] = t[col].map(lambda v: "" if pd.isna(v) else (f"{v:.2f}" if isinstance(v, float) else str(v)))
+        lines = [self.title, t.to_string(index=False)]
+        if self.csv_path:
+            lines.append(f"csv: {self.csv_path}")
+        if self.png_path:
+            lines.append(f"figure: {self.png_path}")
+        return "\n".join(lines)
+
+
+def report(name: str, profile: Optional[str] = None, results_root: Optional[str] = None,
+           out_dir: Optional[str] = None, store_df: Optional[pd.DataFrame] = None, figure: bool = True) -> Report:
+    """Join the paper's table with ours (mean ± std over seeds); write CSV (+ PNG) next to the store."""
+    exp = get_experiment(name)
+    profile = profile or exp.default_profile
+    store = ResultsStore.for_experiment(name, profile, results_root)
+    df = store_df if store_df is not None else store.read()
+    ours = ours_table(name, df)
+    keys = KEYS[name]
+    paper = pd.DataFrame(PAPER_TABLES[name])
+    if paper.empty:
+        table = ours
+    else:
+        paper["paper_dataset"] = "cifar10"
+        table = paper.merge(ours, on=[k for k in keys if k in paper.columns], how="outer")
+        num = pd.to_numeric(table["ours"], errors="coerce") - pd.to_numeric(table["paper"], errors="coerce")
+        table["delta"] = num
+    table = table.sort_values([k for k in keys if k in table.columns], kind="stable").reset_index(drop=True)
+    out = Path(out_dir) if out_dir else store.path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / f"{profile}_report.csv"
+    table.to_csv(csv_path, index=False)
+    rep = Report(name, f"{exp.title} — paper (CIFAR-10) vs ours [{profile}]", table, csv_path)
+    if figure and not table.empty:
+        rep.png_path = out / f"{profile}_report.png"
+        _figure(name, table).savefig(rep.png_path, dpi=110, bbox_inches="tight")
+    return rep
+
+
+def _figure(name: str, table: pd.DataFrame):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    x = {"table1": "PR", "table2": "I", "table3": "I", "table4": "kernels", "table5": "config",
+         "fig3": "epoch"}[name]
+    t = table.copy()
+    t["config"] = t.apply(lambda r: f"C={r['C']}, D={r['D']}", axis=1)
+    value_cols = [c for c in ("paper", "ours") if c in t]
+    long = t.melt(id_vars=[c for c in t.columns if c not in value_cols], value_vars=value_cols,
+                  var_name="source", value_name="value")
+    long["value"] = pd.to_numeric(long["value"], errors="coerce")
+    long = long.dropna(subset=["value"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if name == "table3":
+        long["config"] = long["PR"].map(lambda p: f"PR={p}")
+    if x in ("kernels", "config"):
+        sns.barplot(data=long, x=x, y="value", hue="source", ax=ax)
+    else:
+        sns.lineplot(data=long, x=x, y="value", hue="config", style="source", markers=True, ax=ax)
+    ax.set_ylabel("max depth I" if name == "table5" else "accuracy (%)")
+    ax.set_title(name)
+    fig.tight_layout()
+    return fig
