@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Modules that add subcommands: each has ``register_cli(subparsers)``.
-_COMMAND_MODULES = ["capslib.pipeline", "capslib.sweeps", "capslib.book"]
+_COMMAND_MODULES = ["capslib.pipeline", "capslib.sweeps", "capslib.batch", "capslib.book"]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -98,7 +98,10 @@ class Report:
     def text(self) -> str:
         if self.table.empty:
             return f"{self.title}\n(no rows)"
-        t = self.table.copy()
+        keys = [k for k in KEYS[self.name] if k in self.table]
+        shown = keys + [c for c in ("paper", "ours", "ours_std", "seeds", "delta", "dead_inter", "dataset", "profile",
+                                    "device", "capslib_version") if c in self.table]
+        t = self.table[shown].copy()
         for col in ("paper", "ours", "ours_std", "delta"):
             if col in t:
                 t[col] = t[col].map(lambda v: "" if pd.isna(v) else (f"{v:.2f}" if isinstance(v, float) else str(v)))
