@@ -117,7 +117,7 @@ def _small(profile: str) -> bool:
 def _table1(profile: str) -> list[Point]:
     if _small(profile):
         return [Point("prune", _cd(c, d), pr=pr) if pr else Point("train", _cd(c, d))
-                for c, d in [(4, 4), (8, 4)] for pr in (0.0, 0.25, 0.5)]
+                for c, d in [(8, 4), (8, 8)] for pr in (0.0, 0.25, 0.5)]
     pts = []
     for c, d in TABLE1_CONFIGS:
         for pr in TABLE1_PR:
@@ -134,7 +134,7 @@ def _table2(profile: str) -> list[Point]:
 
 def _table3(profile: str) -> list[Point]:
     if _small(profile):
-        C, D, depths, prs = 4, 4, (1, 2), (0.0, 0.25)
+        C, D, depths, prs = 8, 4, (1, 2), (0.0, 0.25)
     else:
         C, D, depths, prs = 20, 8, (6, 7), (0.0, 0.125, 0.25, 0.375)
     return [Point("prune", _cd(C, D), pr=pr, I_after=i) if pr else Point("train", _cd(C, D, I=i))
@@ -149,7 +149,7 @@ def _table4(profile: str) -> list[Point]:
 
 def _table5(profile: str) -> list[Point]:
     if _small(profile):
-        return [Point("depth", _cd(4, 4), max_I=2)]
+        return [Point("depth", _cd(8, 4), max_I=2)]
     return [Point("depth", _cd(c, d), max_I=(31 if (c, d) == (10, 8) else 12)) for c, d in TABLE5]
 
 

@@ -47,8 +47,20 @@ def device_info(device: Optional[torch.device] = None) -> dict[str, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
+        name = _cpu_name()
     return {"device": device.type, "device_name": name}
+
+
+@lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def provenance(device: Optional[torch.device] = None) -> dict[str, object]:

@@ -43,7 +43,9 @@ def _long_rows(name: str, df: pd.DataFrame) -> pd.DataFrame:
     recs = []
     ok = df[df["status"] == "ok"] if "status" in df else df
     for _, r in ok.iterrows():
-        C, D, I = _num(r.get("model.C")), _num(r.get("model.D")), _num(r.get("model.I"))
+        # a grid point's own C, D, I (a pruned stage's model has C' < C)
+        C, D, I = (_num(r.get(f"grid.{k}")) if pd.notna(r.get(f"grid.{k}", np.nan)) else _num(r.get(f"model.{k}"))
+                   for k in "CDI")
         kind, stage = r.get("kind", "train"), r.get("stage", "train")
         pr = _num(r.get("pr", 0.0)) or 0.0
         base = dict(C=C, D=D, seed=_num(r.get("seed")), dataset=r.get("data.dataset"), profile=r.get("profile"),

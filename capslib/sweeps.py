@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from tqdm.auto import tqdm
@@ -45,35 +48,55 @@ def _tag(rows: list[dict[str, Any]], experiment: str, cfg: RunConfig, point: Poi
     key = point_key(experiment, cfg, point)
     for r in rows:
         r.update(point_key=key, experiment=experiment, kind=point.kind, pr=point.pr,
-                 I_after="" if point.I_after is None else point.I_after, label=point.label)
+                 I_after="" if point.I_after is None else point.I_after, label=point.label,
+                 **{"grid.C": cfg.model.C, "grid.D": cfg.model.D, "grid.I": cfg.model.I})
     return rows
 
 
-def run_point(experiment: str, point: Point, cfg: RunConfig, progress: bool = False) -> list[dict[str, Any]]:
-    """Run one grid point and return its result rows (nothing is written here)."""
+def run_point(experiment: str, point: Point, cfg: RunConfig, progress: bool = False,
+              checkpoint_root: Optional[str] = None) -> list[dict[str, Any]]:
+    """Run one grid point and return its result rows (the caller writes them to the store).
+
+    With ``checkpoint_root``, the point checkpoints under ``<root>/<point_key>/`` so an
+    interrupted point resumes (epochs for a training, stages for a pipeline).
+    """
+    ckpt = None
+    if checkpoint_root is not None:
+        ckpt = Path(checkpoint_root) / point_key(experiment, cfg, point)
     if point.kind == "train":
         from .train import fit
 
-        result, _ = fit(cfg, progress=progress)
+        result, _ = fit(cfg, progress=progress, checkpoint_dir=ckpt)
         rows = [run_row(cfg, result, experiment=experiment, stage="train", key_extra=point.key_extra())]
-    elif point.kind == "prune":
-        from .pipeline import prune_pipeline
+        return _tag(rows, experiment, cfg, point)
+    from .pipeline import depth_search, prune_pipeline
 
-        rows = prune_pipeline(cfg, point.pr, I_after=point.I_after, progress=progress).rows
-    elif point.kind == "depth":
-        from .pipeline import depth_search
-
-        rows = depth_search(cfg, pr=point.pr or None, max_I=point.max_I, progress=progress).rows
-    else:
-        raise ValueError(f"unknown point kind {point.kind!r}")
+    with tempfile.TemporaryDirectory() as tmp:  # the pipeline writes its stage rows here; we hand them back
+        scratch = ResultsStore(Path(tmp) / "rows.csv")
+        if point.kind == "prune":
+            prune_pipeline(cfg, point.pr, I=point.I_after, checkpoint_dir=ckpt, store=scratch,
+                           experiment=experiment, progress=progress)
+            rows = scratch.read().to_dict(orient="records")
+        elif point.kind == "depth":
+            res = depth_search(cfg, pr=point.pr or None, max_I=point.max_I or 10, checkpoint_dir=ckpt,
+                               store=scratch, experiment=experiment, progress=progress)
+            rows = scratch.read().to_dict(orient="records")
+            summary = dict(rows[-1], stage="depth_summary", max_depth="" if res.max_depth is None else res.max_depth,
+                           collapsed_at="" if res.collapsed_at is None else res.collapsed_at,
+                           depths_tried=json.dumps([t.I for t in res.trials]))
+            summary["run_key"] = f"{summary['run_key']}-summary"
+            rows.append(summary)
+        else:
+            raise ValueError(f"unknown point kind {point.kind!r}")
     return _tag(rows, experiment, cfg, point)
 
 
-def _run_with_retries(experiment: str, point: Point, cfg: RunConfig, retries: int) -> tuple[list[dict], Optional[str]]:
+def _run_with_retries(experiment: str, point: Point, cfg: RunConfig, retries: int,
+                      checkpoint_root: Optional[str] = None) -> tuple[list[dict], Optional[str]]:
     error = None
     for _attempt in range(retries + 1):
         try:
-            return run_point(experiment, point, cfg), None
+            return run_point(experiment, point, cfg, checkpoint_root=checkpoint_root), None
         except Exception:  # a failed point must not stop the sweep
             error = traceback.format_exc()
     rows = [failed_row(cfg, error or "unknown error", experiment=experiment, stage=point.kind,
@@ -111,8 +134,12 @@ def plan(experiment: str, profile: str, seeds: int = 1,
 def sweep(experiment: str, profile: Optional[str] = None, seeds: int = 1, backend: str = "local",
           address: Optional[str] = None, retries: int = 1, dry_run: bool = False,
           overrides: Optional[dict[str, Any]] = None, results_root: Optional[str] = None,
-          progress: bool = True) -> SweepSummary:
-    """Run (or with ``dry_run`` list) the grid of ``experiment``; see the module docstring."""
+          progress: bool = True, checkpoint_root: Optional[str] = None) -> SweepSummary:
+    """Run (or with ``dry_run`` list) the grid of ``experiment``; see the module docstring.
+
+    ``checkpoint_root`` (CLI ``--checkpoints``, default ``runs/sweeps/<experiment>``) keeps each point's
+    checkpoints, so an interrupted point resumes; pass ``""`` to keep none.
+    """
     exp = get_experiment(experiment)
     profile = profile or exp.default_profile
     if seeds < 1:
@@ -120,6 +147,9 @@ def sweep(experiment: str, profile: Optional[str] = None, seeds: int = 1, backen
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     store = ResultsStore.for_experiment(experiment, profile, results_root)
+    if checkpoint_root is None:
+        checkpoint_root = str(Path("runs") / "sweeps" / experiment)
+    checkpoint_root = checkpoint_root or None
     runs = plan(experiment, profile, seeds, overrides)
     done_keys = store.done_keys("point_key")
     todo = [(p, c) for p, c in runs if point_key(experiment, c, p) not in done_keys]
@@ -145,17 +175,18 @@ def sweep(experiment: str, profile: Optional[str] = None, seeds: int = 1, backen
 
     if backend == "local":
         for point, cfg in todo:
-            rows, error = _run_with_retries(experiment, point, cfg, retries)
+            rows, error = _run_with_retries(experiment, point, cfg, retries, checkpoint_root)
             record(rows, error)
     else:
-        for rows, error in _ray_map(experiment, todo, retries, address):
+        for rows, error in _ray_map(experiment, todo, retries, address, checkpoint_root):
             record(rows, error)
     bar.close()
     summary.wall_time = time.perf_counter() - t0
     return summary
 
 
-def _ray_map(experiment: str, todo: list[tuple[Point, RunConfig]], retries: int, address: Optional[str]):
+def _ray_map(experiment: str, todo: list[tuple[Point, RunConfig]], retries: int, address: Optional[str],
+             checkpoint_root: Optional[str]):
     """Yield (rows, error) per point as the Ray tasks finish."""
     try:
         import ray
@@ -170,7 +201,7 @@ def _ray_map(experiment: str, todo: list[tuple[Point, RunConfig]], retries: int,
         gpus = ray.cluster_resources().get("GPU", 0)
         opts = {"num_gpus": 1} if gpus > 0 else {"num_cpus": 1}
         task = ray.remote(**opts)(_run_with_retries)
-        pending = [task.remote(experiment, p, c, retries) for p, c in todo]
+        pending = [task.remote(experiment, p, c, retries, checkpoint_root) for p, c in todo]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             yield ray.get(ready[0])
@@ -211,7 +242,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     summary = sweep(args.name, profile=args.profile, seeds=args.seeds, backend=args.backend, address=args.address,
                     retries=args.retries, dry_run=args.dry_run, overrides=parse_overrides(args.set),
-                    results_root=args.results, progress=not args.quiet)
+                    results_root=args.results, progress=not args.quiet, checkpoint_root=args.checkpoints)
     if not args.dry_run:
         print(f"sweep {summary.experiment} [{summary.profile}]: {summary.done} done, {summary.failed} failed, "
               f"{summary.skipped} skipped (already stored) in {summary.wall_time:.0f}s -> {summary.store}")
@@ -242,6 +273,9 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the runs, run nothing")
     p.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="override config fields of every run")
     p.add_argument("--results", default=None, help="results folder (default results/ or $CAPSLIB_RESULTS)")
+    p.add_argument("--checkpoints", default=None,
+                   help="per-point checkpoint folder, so an interrupted point resumes (default runs/sweeps/<name>; "
+                        "'' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
 
