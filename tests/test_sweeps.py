@@ -189,3 +189,14 @@ def test_parse_overrides():
                                                                                     dataset="mnist")
     with pytest.raises(ValueError):
         parse_overrides(["C"])
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_named_experiment_runs_under_smoke(real_data_root, tmp_path, name):
+    """Each paper experiment's smoke grid runs end to end (tiny data: a code-path check, not a result)."""
+    s = sweep(name, profile="smoke", overrides=dict(train_size=128, val_size=1000, test_size=128, batch_size=64),
+              results_root=tmp_path, checkpoint_root="", progress=False)
+    assert s.failed == 0, s.errors
+    assert s.done == len(EXPERIMENTS[name].grid("smoke"))
+    rep = report(name, profile="smoke", results_root=tmp_path, figure=False)
+    assert rep.table["ours"].notna().any()
