@@ -238,7 +238,7 @@ CHAPTER_PARAMS: dict[str, dict[str, Param]] = {
     },
     "chip": {**COMMON_PARAMS, "PR": _float(0.25, "pruning ratio", low=0, high=1, high_open=True)},
     "depth": {**COMMON_PARAMS, "PR": _float(0.25, "pruning ratio", low=0, high=1, high_open=True)},
-    "kernels": dict(COMMON_PARAMS),
+    "kernels": {**COMMON_PARAMS, "PR": _float(0.25, "pruning ratio", low=0, high=1, high_open=True)},
 }
 
 # Names IPython and Jupyter put in a kernel's namespace that are not parameters.
