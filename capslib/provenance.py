@@ -1,6 +1,7 @@
 """Where a number came from: library versions, device, git state."""
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from functools import lru_cache
@@ -12,10 +13,26 @@ import torch
 __all__ = ["capslib_version", "git_state", "device_info", "provenance", "resolve_device"]
 
 
+@lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """8 hex digits of a hash over the package's own source files."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:8]
+
+
 def capslib_version() -> str:
+    """``<release>+<source fingerprint>``, e.g. ``0.1.0+3f2a9c1e``.
+
+    The fingerprint makes every cache key (results rows, book runs) change
+    whenever any library source changes, so a changed library never serves a
+    stale number, even between releases.
+    """
     from . import __version__
 
-    return __version__
+    return f"{__version__}+{source_fingerprint()}"
 
 
 @lru_cache(maxsize=1)

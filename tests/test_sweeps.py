@@ -200,3 +200,15 @@ def test_every_named_experiment_runs_under_smoke(real_data_root, tmp_path, name)
     assert s.done == len(EXPERIMENTS[name].grid("smoke"))
     rep = report(name, profile="smoke", results_root=tmp_path, figure=False)
     assert rep.table["ours"].notna().any()
+
+
+def test_cache_key_changes_when_the_library_changes(monkeypatch):
+    import capslib.results as results
+    from capslib.config import profile
+    from capslib.provenance import capslib_version
+
+    cfg = profile("smoke")
+    assert "+" in capslib_version()  # release + source fingerprint
+    before = results.run_key(cfg)
+    monkeypatch.setattr(results, "capslib_version", lambda: "0.1.0+00000000")
+    assert results.run_key(cfg) != before
