@@ -19,11 +19,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 __all__ = [
     "ConfigError",
+    "ROUTINGS",
     "DATASETS",
     "ModelConfig",
     "DataConfig",
@@ -36,6 +38,13 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent."""
+
+
+#: Routing algorithms of :attr:`ModelConfig.routing`.
+ROUTINGS = ("dynamic", "em", "self", "vb")
+#: Fields that only the EM / VB routings read. Left out of the config hash of dynamic-routing
+#: configs while they hold their defaults, so adding them kept every existing hash (and cache).
+_ALT_ROUTING_FIELDS = ("em_final_lambda", "vb_alpha0", "vb_kappa0", "vb_psi0", "vb_nu0")
 
 
 #: Dataset name -> (input channels, image size, number of classes).
@@ -136,6 +145,10 @@ class ModelConfig(_JsonMixin):
     primary_kernel: int = 3
     primary_stride: int = 2
     primary_padding: int = 0
+    #: "dynamic" (Sabour et al. 2017, the paper's), or one of seed 002's routings with a separate
+    #: scalar activation: "em" (Hinton et al. 2018), "self" (Hahn et al. 2019), "vb" (Ribeiro et al.
+    #: 2020); see :mod:`capslib.routing_alt`. "em" and "vb" need D = P·P (4×4 poses for D = 16);
+    #: class_dim is read by dynamic routing only (EM/VB class poses are P×P, self-routing's have none).
     routing: str = "dynamic"
     routing_iters: int = 3
     #: std of the normal init of every capsule transformation matrix (trap 6 of
@@ -151,6 +164,15 @@ class ModelConfig(_JsonMixin):
     #: Recompute capsule votes in the backward pass instead of storing them
     #: (gradient checkpointing of each capsule layer); same numbers, far less memory.
     recompute_votes: bool = True
+    #: EM routing: final inverse temperature λ of the schedule λ_t = λ·(1 − 0.95^(t+1)) (the cost's
+    #: amount of data is normalised by K/J, see capslib.routing_alt).
+    em_final_lambda: float = 1.0
+    #: VB routing priors (Ribeiro et al. 2020's code): Dirichlet α0, Normal-Wishart κ0, diagonal
+    #: scale ψ0·I and degrees of freedom ν0 (0 means D + 1). m0 = 0.
+    vb_alpha0: float = 1.0
+    vb_kappa0: float = 1.0
+    vb_psi0: float = 1.0
+    vb_nu0: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("C", "D", "num_classes", "class_dim", "in_channels", "image_size"):
@@ -161,8 +183,21 @@ class ModelConfig(_JsonMixin):
         _check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
         _check(self.capsule_layout in ("channel", "reshape"),
                f"capsule_layout must be 'channel' or 'reshape', got {self.capsule_layout!r}")
-        _check(self.routing in ("dynamic",),
-               f"routing must be 'dynamic', got {self.routing!r}")
+        _check(self.routing in ROUTINGS, f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.routing in ("em", "vb"):
+            P = math.isqrt(self.D)
+            _check(P * P == self.D and P >= 2,
+                   f"routing {self.routing!r} uses P×P pose matrices: D must be a square >= 4 "
+                   f"(16 for 4×4 poses), got D={self.D}")
+        if self.routing != "dynamic":
+            _check(self.capsule_layout == "channel",
+                   f"capsule_layout 'reshape' reproduces the authors' dynamic-routing code only; "
+                   f"use 'channel' with routing {self.routing!r}")
+        _check(self.em_final_lambda > 0, f"em_final_lambda must be > 0, got {self.em_final_lambda}")
+        for name in ("vb_alpha0", "vb_kappa0", "vb_psi0"):
+            _check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        _check(self.vb_nu0 == 0 or self.vb_nu0 > self.D - 1,
+               f"vb_nu0 must be 0 (meaning D + 1) or > D - 1 = {self.D - 1}, got {self.vb_nu0}")
         object.__setattr__(self, "backbone_kernels", _as_tuple(self.backbone_kernels, 3, "backbone_kernels"))
         object.__setattr__(self, "backbone_strides", _as_tuple(self.backbone_strides, 3, "backbone_strides"))
         object.__setattr__(self, "backbone_padding", _as_tuple(self.backbone_padding, 3, "backbone_padding"))
@@ -267,6 +302,10 @@ class TrainConfig(_JsonMixin):
     #: this many consecutive epochs marks the run as collapsed (§4.1).
     collapse_epochs: int = 3
     probe_every_epoch: bool = True
+    #: Class loss on the class scores (lengths, or class activations): "margin" (eq. 6), "spread"
+    #: (Hinton et al. 2018: Σ_{i≠t} max(0, m − (a_t − a_i))², m rising linearly from 0.2 to 0.9
+    #: over the run), or "auto" = spread for routing "em" and "vb", margin otherwise.
+    loss: str = "auto"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
@@ -278,6 +317,8 @@ class TrainConfig(_JsonMixin):
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         _check(self.collapse_epochs >= 1, f"collapse_epochs must be >= 1, got {self.collapse_epochs}")
+        _check(self.loss in ("auto", "margin", "spread"),
+               f"loss must be 'auto', 'margin' or 'spread', got {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -323,16 +364,37 @@ class RunConfig(_JsonMixin):
         d["data"].pop("root", None)
         d["train"].pop("device", None)
         d.pop("profile", None)
+        _drop_unused_routing_fields(self.model, d["model"], d["train"])
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def flat(self) -> dict[str, Any]:
         """Flat ``{"model.C": 10, ...}`` view for result rows and tables."""
         out: dict[str, Any] = {"profile": self.profile}
-        for part in ("model", "data", "train"):
-            for k, v in getattr(self, part).to_dict().items():
+        parts = {part: getattr(self, part).to_dict() for part in ("model", "data", "train")}
+        _drop_unused_routing_fields(self.model, parts["model"], parts["train"])
+        for part, d in parts.items():
+            for k, v in d.items():
                 out[f"{part}.{k}"] = json.dumps(v) if isinstance(v, list) else v
         return out
+
+    @property
+    def loss(self) -> str:
+        """The class loss this run trains with: ``train.loss`` with "auto" resolved by the routing."""
+        if self.train.loss != "auto":
+            return self.train.loss
+        return "spread" if self.model.routing in ("em", "vb") else "margin"
+
+
+def _drop_unused_routing_fields(model: ModelConfig, model_dict: dict[str, Any], train_dict: dict[str, Any]) -> None:
+    """Remove the fields added with the EM/self/VB routings (the EM/VB model fields, ``train.loss``)
+    from the dicts of a dynamic-routing run while they hold their defaults."""
+    if model.routing == "dynamic":
+        for name in _ALT_ROUTING_FIELDS:
+            if model_dict.get(name) == ModelConfig.__dataclass_fields__[name].default:
+                model_dict.pop(name)
+        if train_dict.get("loss") == "auto":
+            train_dict.pop("loss")
 
 
 def _profile_smoke() -> RunConfig:

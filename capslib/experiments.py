@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 
 from .config import RunConfig, apply_overrides, profile as make_profile
 
-__all__ = ["Point", "Experiment", "EXPERIMENTS", "get_experiment", "PAPER_TABLES"]
+__all__ = ["Point", "Experiment", "EXPERIMENTS", "get_experiment", "PAPER_TABLES", "SEED002_ROUTINGS",
+           "seed002_point"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "table4": [dict(C=c, D=d, kernels=k, paper=v) for (c, d), k, v in TABLE4],
     "table5": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
     "fig3": [],
+    "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
 }
 
 
@@ -116,13 +118,13 @@ def _small(profile: str) -> bool:
 
 def _table1(profile: str) -> list[Point]:
     if _small(profile):
-        return [Point("prune", _cd(c, d), pr=pr) if pr else Point("train", _cd(c, d))
+        return [Point("prune", _cd(c, d, I=0), pr=pr) if pr else Point("train", _cd(c, d, I=0))
                 for c, d in [(8, 4), (8, 8)] for pr in (0.0, 0.25, 0.5)]
     pts = []
     for c, d in TABLE1_CONFIGS:
         for pr in TABLE1_PR:
             pr = 0.625 if pr == 0.6 and d != 8 else pr
-            pts.append(Point("prune", _cd(c, d), pr=pr) if pr else Point("train", _cd(c, d)))
+            pts.append(Point("prune", _cd(c, d, I=0), pr=pr) if pr else Point("train", _cd(c, d, I=0)))
     return pts
 
 
@@ -137,7 +139,8 @@ def _table3(profile: str) -> list[Point]:
         C, D, depths, prs = 8, 4, (1, 2), (0.0, 0.25)
     else:
         C, D, depths, prs = 20, 8, (6, 7), (0.0, 0.125, 0.25, 0.375)
-    return [Point("prune", _cd(C, D), pr=pr, I_after=i) if pr else Point("train", _cd(C, D, I=i))
+    # the paper prunes the I = 0 base model, then rebuilds it with I IntermediateCaps
+    return [Point("prune", _cd(C, D, I=0), pr=pr, I_after=i) if pr else Point("train", _cd(C, D, I=i))
             for pr in prs for i in depths]
 
 
@@ -159,6 +162,28 @@ def _fig3(profile: str) -> list[Point]:
     return [Point("train", _cd(20, 8, I=6))]
 
 
+#: Seed 002's routing algorithms (Everett et al., §3.1); see capslib.routing_alt.
+SEED002_ROUTINGS = ("em", "self", "vb")
+
+
+def seed002_point(routing: str, depth: int, profile: str) -> Point:
+    """One run of seed 002's depth study: ``depth`` ConvCaps layers routed by ``routing``.
+
+    Seed 002 §3.1 uses 16 capsule types whenever there is more than one capsule layer; here every
+    depth uses 16 types (PrimaryCaps and ConvCaps share C) and 4×4 poses (D = 16); dataset, epochs
+    and optimiser come from the profile. The smoke miniature (CPU) uses 4 types, 3×3 poses (D = 9)
+    and lr 3e-3, so that its single epoch on 5,000 images learns something.
+    """
+    if _small(profile):
+        return Point("train", _cd(4, 9, I=depth, routing=routing, lr=0.003), label=f"{routing} I={depth}")
+    return Point("train", _cd(16, 16, I=depth, routing=routing), label=f"{routing} I={depth}")
+
+
+def _seed002_depth(profile: str) -> list[Point]:
+    depths = range(1, 4) if _small(profile) else range(1, 11)
+    return [seed002_point(r, d, profile) for r in SEED002_ROUTINGS for d in depths]
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
     Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
@@ -166,6 +191,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table4", "Table 4: backbone kernel size and stride", _table4),
     Experiment("table5", "Table 5: maximum depth without pruning (depth search)", _table5),
     Experiment("fig3", "Fig. 3: dead capsules over epochs, CapsNet[C=20, D=8, I=6]", _fig3),
+    Experiment("seed002_depth", "Seed 002 Figs. 1-5: EM, self- and VB routing at depth 1..10 (accuracy, "
+                                "dead capsules)", _seed002_depth),
 ]}
 
 

@@ -12,6 +12,12 @@ A capsule type is *dead* when its activation is ≤ 0.01 (both papers). The
 first definition is never larger than the second (triangle inequality): vectors
 pointing different ways cancel in the mean.
 
+Routings with a separate scalar activation (EM, self-routing, VB; the model's
+``CapsNetOutput.activations``): for the layers given there, eq. (12) of paper 002
+is applied to that activation a ∈ [0, 1] - A_t = mean_{b,h,w} a[b,h,w,t] - and
+both definitions report it (for a non-negative scalar, the norm of the mean and
+the mean of the norms coincide). Seed 002 §3.3: dead when A_t ≤ 0.01.
+
 Probing only reads the forward outputs under ``torch.no_grad``; it changes
 neither the outputs nor training.
 """
@@ -75,9 +81,21 @@ class ActivationProbe:
     _vec_sum: dict[str, Tensor] = field(default_factory=dict)  # layer -> (types, dims) Σ u
     _len_sum: dict[str, Tensor] = field(default_factory=dict)  # layer -> (types,) Σ ‖u‖
     _count: dict[str, int] = field(default_factory=dict)       # layer -> images × locations
+    _act_sum: dict[str, Tensor] = field(default_factory=dict)  # layer -> (types,) Σ a (scalar activations)
+    _act_count: dict[str, int] = field(default_factory=dict)   # layer -> images × locations
 
     @torch.no_grad()
-    def update(self, capsules: dict[str, Tensor]) -> None:
+    def update(self, capsules: dict[str, Tensor], activations: Optional[dict[str, Tensor]] = None) -> None:
+        """Add one batch: ``capsules`` (B, H, W, T, D) per layer and, where a routing has them, the
+        scalar ``activations`` (B, H, W, T) per layer, which then define that layer's activation."""
+        for name, a in (activations or {}).items():  # a: (B, H, W, T)
+            s = a.detach().double().sum(dim=(0, 1, 2)).cpu()  # (T,)
+            n = a.shape[0] * a.shape[1] * a.shape[2]
+            if name in self._act_sum:
+                self._act_sum[name] += s
+                self._act_count[name] += n
+            else:
+                self._act_sum[name], self._act_count[name] = s, n
         for name, u in capsules.items():  # u: (B, H, W, T, D)
             u = u.detach().double()
             vec = u.sum(dim=(0, 1, 2)).cpu()  # (T, D)
@@ -91,11 +109,13 @@ class ActivationProbe:
                 self._vec_sum[name], self._len_sum[name], self._count[name] = vec, lens, n
 
     def result(self) -> ProbeResult:
-        if not self._count:
+        if not self._count and not self._act_count:
             raise ValueError("ActivationProbe.result() called before any update()")
-        layers = list(self._vec_sum)
-        a000 = {k: torch.linalg.vector_norm(self._vec_sum[k] / self._count[k], dim=-1).numpy() for k in layers}
-        a002 = {k: (self._len_sum[k] / self._count[k]).numpy() for k in layers}
+        layers = list(self._vec_sum) + [k for k in self._act_sum if k not in self._vec_sum]
+        a000 = {k: torch.linalg.vector_norm(self._vec_sum[k] / self._count[k], dim=-1).numpy() for k in self._vec_sum}
+        a002 = {k: (self._len_sum[k] / self._count[k]).numpy() for k in self._vec_sum}
+        for k in self._act_sum:  # scalar activations: eq. (12) on a itself, under both names
+            a000[k] = a002[k] = (self._act_sum[k] / self._act_count[k]).numpy()
         return ProbeResult(layers=layers, activations={"paper000": a000, "paper002": a002},
                            threshold=self.threshold)
 
@@ -113,7 +133,8 @@ def probe_model(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], devi
     probe = ActivationProbe(threshold=threshold)
     try:
         for x, _ in batches:
-            probe.update(model(x.to(device)).capsules)
+            out = model(x.to(device))
+            probe.update(out.capsules, getattr(out, "activations", None))
     finally:
         model.train(was_training)
     return probe.result()

@@ -27,6 +27,7 @@ KEYS = {
     "table4": ["C", "D", "kernels"],
     "table5": ["C", "D"],
     "fig3": ["C", "D", "I", "epoch"],
+    "seed002_depth": ["routing", "C", "D", "I"],
 }
 
 
@@ -62,6 +63,11 @@ def _long_rows(name: str, df: pd.DataFrame) -> pd.DataFrame:
             recs.append(dict(base, kernels=r.get("label"), value=acc))
         elif name == "table5" and stage == "depth_summary":
             recs.append(dict(base, value=_num(r.get("max_depth"))))
+        elif name == "seed002_depth" and stage == "train":  # dead_inter: % of ConvCaps types dead (test split)
+            dead = json.loads(r["dead_002"]) if isinstance(r.get("dead_002"), str) else {}
+            inter = [v for k, v in dead.items() if k.startswith("inter")]
+            recs.append(dict(base, routing=r.get("model.routing"), I=I, value=acc,
+                             dead_inter=100.0 * float(np.mean(inter)) if inter else np.nan))
         elif name == "fig3" and stage == "train":
             for h in json.loads(r["history"]):
                 inter = [v for k, v in h["dead"].items() if k.startswith("inter")]
@@ -152,7 +158,7 @@ def _figure(name: str, table: pd.DataFrame):
     import seaborn as sns
 
     x = {"table1": "PR", "table2": "I", "table3": "I", "table4": "kernels", "table5": "config",
-         "fig3": "epoch"}[name]
+         "fig3": "epoch", "seed002_depth": "I"}[name]
     t = table.copy()
     t["config"] = t.apply(lambda r: f"C={r['C']}, D={r['D']}", axis=1)
     value_cols = [c for c in ("paper", "ours") if c in t]
@@ -163,6 +169,8 @@ def _figure(name: str, table: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(7, 4))
     if name == "table3":
         long["config"] = long["PR"].map(lambda p: f"PR={p}")
+    if name == "seed002_depth":
+        long["config"] = long["routing"]
     if x in ("kernels", "config"):
         sns.barplot(data=long, x=x, y="value", hue="source", ax=ax)
     else:

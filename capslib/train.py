@@ -34,6 +34,7 @@ from .losses import total_loss
 from .model import CapsNet, count_params
 from .probes import ActivationProbe, ProbeResult
 from .provenance import provenance, resolve_device
+from .routing_alt import spread_margin, spread_total_loss
 
 __all__ = ["TrainingDiverged", "EpochRecord", "RunResult", "evaluate", "fit", "load_model", "save_atomic"]
 
@@ -118,7 +119,7 @@ def evaluate(model: CapsNet, data: DataSplits, split: str, batch_size: int = 256
             correct += (out.prediction == y).sum().item()
             total += len(y)
             if acc_probe is not None:
-                acc_probe.update(out.capsules)
+                acc_probe.update(out.capsules, out.activations)
     finally:
         model.train(was_training)
     return correct / max(total, 1), (acc_probe.result() if acc_probe is not None else None)
@@ -196,6 +197,7 @@ def fit(
         t0 = time.perf_counter()
         model.train()
         sums = {"loss": 0.0, "margin": 0.0, "ccm": 0.0, "correct": 0, "n": 0}
+        steps = data.num_batches("train", tc.batch_size)
         bar = tqdm(data.batches("train", tc.batch_size, shuffle=True, seed=tc.seed, epoch=epoch, device=device),
                    total=data.num_batches("train", tc.batch_size), desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not progress, leave=False)
@@ -203,7 +205,11 @@ def fit(
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(x)
                 maps = out.feature_maps.values() if tc.alpha > 0 else ()
-                loss, margin, ccm = total_loss(out.lengths.float(), y, maps, tc.alpha, tc.ccm_detached)
+                if cfg.loss == "spread":  # EM / VB (capslib.routing_alt); "margin" is then the spread loss
+                    m = spread_margin((epoch * steps + step) / max(tc.epochs * steps - 1, 1))
+                    loss, margin, ccm = spread_total_loss(out.lengths.float(), y, m, maps, tc.alpha, tc.ccm_detached)
+                else:
+                    loss, margin, ccm = total_loss(out.lengths.float(), y, maps, tc.alpha, tc.ccm_detached)
             if not torch.isfinite(loss):
                 where = f"; the last good checkpoint is {ckpt / 'last.pt'}" if ckpt is not None else ""
                 raise TrainingDiverged(
@@ -216,7 +222,7 @@ def fit(
             b = len(y)
             sums["loss"] += loss.item() * b
             sums["margin"] += margin.item() * b
-            sums["ccm"] += float(ccm) * b
+            sums["ccm"] += float(ccm.detach()) * b
             sums["correct"] += (out.prediction == y).sum().item()
             sums["n"] += b
             bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}", acc=f"{sums['correct'] / sums['n']:.3f}")
