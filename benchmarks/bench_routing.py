@@ -211,8 +211,9 @@ class FusedConvCaps(ConvCaps):
 
 
 class FusedClassCaps(ClassCaps):
-    """capslib's ClassCaps routed by FusedRouting (contiguous votes: a strided view of
-    the (K, B, N, M) votes reads each 64-byte row from a different page, slower here)."""
+    """capslib's ClassCaps routed by FusedRouting, votes contiguous as capslib's (routing
+    the strided (K, B, N, M) view was slower here: CapsNet[20, 8, 0], batch 128, 1 thread,
+    51 images/s strided vs 125 contiguous, capslib 99)."""
 
     def _route(self, u: Tensor) -> Tensor:
         B = u.shape[0]

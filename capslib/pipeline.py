@@ -41,7 +41,7 @@ import torch
 from .config import RunConfig
 from .data import DataSplits, load_splits
 from .model import CapsNet, count_params
-from .provenance import provenance, resolve_device
+from .provenance import provenance, resolve_device, capslib_version
 from .pruning import MODES, PrunePlan, chip_batches, ci_layer_scores, count_macs, make_plan, rebuild
 from .results import ResultsStore, run_row
 from .train import RunResult, evaluate, fit, load_model, save_atomic, save_text_atomic
@@ -205,7 +205,13 @@ class DepthSearchResult:
 
 
 def _chain_key(parent: str, stage: str, **settings: Any) -> str:
-    """Key of a stage: its parent's key + its own settings (12 hex digits)."""
+    """Key of a stage: its parent's key + its own settings (12 hex digits).
+
+    The root of every chain holds the capslib version (with its source fingerprint), so a stage
+    checkpoint written by another library version is never resumed.
+    """
+    if parent == "root":
+        parent = f"root|{capslib_version()}"
     blob = json.dumps({"parent": parent, "stage": stage, **settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

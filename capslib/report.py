@@ -43,6 +43,10 @@ def _long_rows(name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Store rows -> one record per (table key, seed) with ``value`` (accuracy in %, or max depth)."""
     recs = []
     ok = df[df["status"] == "ok"] if "status" in df else df
+    if {"capslib_version", "timestamp"} <= set(ok.columns) and not ok.empty:
+        # one library version per table: that of the newest row (older versions' rows are stale)
+        latest = ok.sort_values("timestamp")["capslib_version"].iloc[-1]
+        ok = ok[ok["capslib_version"] == latest]
     for _, r in ok.iterrows():
         # a grid point's own C, D, I (a pruned stage's model has C' < C)
         C, D, I = (_num(r.get(f"grid.{k}")) if pd.notna(r.get(f"grid.{k}", np.nan)) else _num(r.get(f"model.{k}"))
