@@ -56,7 +56,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -70,6 +69,7 @@ from torch.autograd.function import once_differentiable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout
 sys.path.insert(0, str(HERE))
+from capslib.provenance import device_info
 from capslib.capsules import ClassCaps, ConvCaps, capsule_votes, unfold_capsules  # noqa: E402
 from capslib.config import ModelConfig  # noqa: E402
 from capslib.losses import margin_loss  # noqa: E402
@@ -439,17 +439,6 @@ def run_job(args, impl: str, I: int, batch: int) -> dict:
 # ----------------------------------------------------------------------------------------
 # driver
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -542,7 +531,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device available")
-    dev_name = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
+    dev_name = torch.cuda.get_device_name(0) if args.device == "cuda" else device_info(torch.device("cpu"))["device_name"]
     info = {"device": args.device, "device_name": dev_name, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "C": args.C, "D": args.D, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
