@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from .sweeps import _parse_value
+from .results import parse_value
 
 __all__ = ["parse_grid", "grid_points", "point_name", "run_batch", "register_cli"]
 
@@ -32,7 +32,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         if "=" not in item:
             raise ValueError(f"grid item {item!r} must look like NAME=v1,v2,...")
         name, values = item.split("=", 1)
-        vals = [_parse_value(v.strip()) for v in values.split(",") if v.strip()]
+        vals = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
         if not vals:
             raise ValueError(f"grid item {item!r} has no values")
         grid[name.strip()] = vals

@@ -9,21 +9,20 @@ library never serves a stale number.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from .atomic import save_atomic
 from .config import RunConfig
 from .model import CapsNet
-from .results import ResultsStore, run_key, run_row
-from .train import fit, save_atomic
+from .provenance import resolve_device
+from .results import ResultsStore, parse_row, run_key, run_row
+from .train import fit
 
-__all__ = ["model_cache_dir", "cached_fit", "parse_row"]
-
-_JSON_COLUMNS = ("dead_000", "dead_002", "history")
+__all__ = ["model_cache_dir", "cached_fit"]
 
 
 def model_cache_dir() -> Path:
@@ -34,30 +33,11 @@ def model_cache_dir() -> Path:
     return Path(base) / "capslib" / "models"
 
 
-def parse_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored CSV row with numbers as numbers and the JSON columns decoded."""
-    out: dict[str, Any] = {}
-    for k, v in row.items():
-        if k in _JSON_COLUMNS and isinstance(v, str) and v:
-            out[k] = json.loads(v)
-            continue
-        if isinstance(v, str):
-            for conv in (int, float):
-                try:
-                    v = conv(v)
-                    break
-                except ValueError:
-                    pass
-            if v in ("True", "False"):
-                v = v == "True"
-        out[k] = v
-    return out
-
-
 def cached_fit(cfg: RunConfig, experiment: str = "book", need_model: bool = False,
                results_root: Optional[str] = None, progress: bool = False,
                data=None) -> tuple[dict[str, Any], Optional[CapsNet]]:
-    """The stored result row of ``cfg`` (training it first if missing) and, if asked, the trained model."""
+    """The stored result row of ``cfg`` (training it first if missing) and, if asked, the trained model,
+    in eval mode on the config's device (``cfg.train.device``) whether it was trained now or loaded."""
     store = ResultsStore.for_experiment(experiment, cfg.profile, results_root)
     key = run_key(cfg, "train")
     weights = model_cache_dir() / f"{key}.pt"
@@ -65,8 +45,9 @@ def cached_fit(cfg: RunConfig, experiment: str = "book", need_model: bool = Fals
     if row is not None and (not need_model or weights.exists()):
         model = None
         if need_model:
-            model = CapsNet(cfg.model)
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            device = resolve_device(cfg.train.device)
+            model = CapsNet(cfg.model).to(device)
+            model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
             model.eval()
         return parse_row(row), model
     result, model = fit(cfg, data=data, progress=progress)

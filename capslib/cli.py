@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from typing import Any, Callable, Optional
 
-from .config import DataConfig, ModelConfig, PROFILES, RunConfig, TrainConfig, apply_overrides, profile
+from .config import PROFILES, ROUTINGS, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, profile
 
 __all__ = ["main", "add_config_options", "config_from_args"]
 
@@ -26,7 +26,8 @@ _HELP = {
     "backbone_kernels": "three backbone kernel sizes",
     "backbone_strides": "three backbone strides",
     "backbone_padding": "three backbone paddings",
-    "routing_iters": "dynamic routing iterations r",
+    "routing": "routing of the ConvCaps and class capsules: dynamic (Sabour et al.), em, self or vb (seed 002)",
+    "routing_iters": "routing iterations r (dynamic, EM, VB)",
     "init_std": "std of the capsule transformation matrices' normal init",
     "capsule_layout": "'channel' (correct) or 'reshape' (authors' code)",
     "recompute_votes": "recompute capsule votes in backward to save memory",
@@ -48,10 +49,12 @@ _HELP = {
     "amp": "bf16 mixed precision on GPU (squash and routing stay fp32)",
     "collapse_epochs": "epochs near chance that mark a run as collapsed",
     "probe_every_epoch": "probe dead capsules on the validation set every epoch",
+    "loss": "class loss: margin (eq. 6), spread (Hinton et al. 2018) or auto (spread for em and vb)",
 }
 
 _CHOICES = {"capsule_layout": ["channel", "reshape"], "select_on": ["val", "test"],
-            "dataset": ["cifar10", "mnist", "fashion-mnist"]}
+            "dataset": ["cifar10", "mnist", "fashion-mnist"], "routing": list(ROUTINGS),
+            "loss": ["auto", "margin", "spread"]}
 
 _PARTS = (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
 
@@ -88,7 +91,7 @@ def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
     for part, cls in _PARTS:
         group = parser.add_argument_group(f"{part} options")
         for f in dataclasses.fields(cls):
-            if f.name in skip or f.name in seen or f.name in ("in_channels", "image_size", "num_classes", "routing"):
+            if f.name in skip or f.name in seen or f.name in ("in_channels", "image_size", "num_classes"):
                 continue
             seen.add(f.name)
             conv, nargs = _option_type(f)
@@ -113,7 +116,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import fit
 
     cfg = config_from_args(args)
-    print(f"capslib train: CapsNet[C={cfg.model.C}, D={cfg.model.D}, I={cfg.model.I}] on {cfg.data.dataset} "
+    print(f"capslib train: CapsNet[C={cfg.model.C}, D={cfg.model.D}, I={cfg.model.I}], {cfg.model.routing} routing, "
+          f"{cfg.loss} loss, on {cfg.data.dataset} "
           f"(profile {cfg.profile}, config {cfg.config_hash()})", flush=True)
     result, _ = fit(cfg, checkpoint_dir=args.checkpoint_dir, progress=not args.quiet)
     out = args.out or f"runs/train-{cfg.config_hash()}.json"

@@ -18,16 +18,18 @@ from typing import Any, Callable, Optional
 from .config import RunConfig, apply_overrides, profile as make_profile
 
 __all__ = ["Point", "Experiment", "EXPERIMENTS", "get_experiment", "PAPER_TABLES", "SEED002_ROUTINGS",
-           "seed002_point"]
+           "STUDY_ROUTINGS", "seed002_point"]
 
 
 @dataclass(frozen=True)
 class Point:
     """One independent run of a grid.
 
-    ``kind``: "train" (capslib train), "prune" (the §3.5 pipeline at ``pr``,
-    retrained with ``I_after`` IntermediateCaps) or "depth" (a depth search,
-    with pruning at ``pr`` when ``pr > 0``).
+    ``kind``: "train" (capslib train), "snapshots" (a training that also records
+    the capsule activations after epoch 1 and after the last epoch, seed 002's
+    Figs. 6-7; :func:`capslib.depth_study.study_row`), "prune" (the §3.5
+    pipeline at ``pr``, retrained with ``I_after`` IntermediateCaps) or "depth"
+    (a depth search, with pruning at ``pr`` when ``pr > 0``).
     """
 
     kind: str
@@ -46,7 +48,7 @@ class Point:
     def describe(self) -> str:
         ov = " ".join(f"{k}={v}" for k, v in self.overrides)
         extra = []
-        if self.kind != "train":
+        if self.kind in ("prune", "depth"):
             extra.append(f"PR={self.pr}")
         if self.I_after is not None:
             extra.append(f"I_after={self.I_after}")
@@ -164,6 +166,8 @@ def _fig3(profile: str) -> list[Point]:
 
 #: Seed 002's routing algorithms (Everett et al., §3.1); see capslib.routing_alt.
 SEED002_ROUTINGS = ("em", "self", "vb")
+#: The depth study's routings: the main paper's dynamic routing, for comparison, then seed 002's.
+STUDY_ROUTINGS = ("dynamic",) + SEED002_ROUTINGS
 
 
 def seed002_point(routing: str, depth: int, profile: str) -> Point:
@@ -171,17 +175,22 @@ def seed002_point(routing: str, depth: int, profile: str) -> Point:
 
     Seed 002 §3.1 uses 16 capsule types whenever there is more than one capsule layer; here every
     depth uses 16 types (PrimaryCaps and ConvCaps share C) and 4×4 poses (D = 16); dataset, epochs
-    and optimiser come from the profile. The smoke miniature (CPU) uses 4 types, 3×3 poses (D = 9)
-    and lr 3e-3, so that its single epoch on 5,000 images learns something.
+    and optimiser come from the profile. The smoke miniature (CPU) uses 4 types, 3×3 poses (D = 9),
+    lr 3e-3 and two epochs on 2,000 images (votes kept in memory, a few MB at this size), so that it
+    learns something in seconds and its epoch-1 and last-epoch activations (Figs. 6-7) differ. The
+    run records both ("snapshots" point).
     """
     if _small(profile):
-        return Point("train", _cd(4, 9, I=depth, routing=routing, lr=0.003), label=f"{routing} I={depth}")
-    return Point("train", _cd(16, 16, I=depth, routing=routing), label=f"{routing} I={depth}")
+        over = _cd(4, 9, I=depth, routing=routing, lr=0.003, epochs=2, train_size=2000, val_size=500,
+                   recompute_votes=False)
+    else:
+        over = _cd(16, 16, I=depth, routing=routing)
+    return Point("snapshots", over, label=f"{routing} I={depth}")
 
 
 def _seed002_depth(profile: str) -> list[Point]:
     depths = range(1, 4) if _small(profile) else range(1, 11)
-    return [seed002_point(r, d, profile) for r in SEED002_ROUTINGS for d in depths]
+    return [seed002_point(r, d, profile) for r in STUDY_ROUTINGS for d in depths]
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
@@ -191,8 +200,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table4", "Table 4: backbone kernel size and stride", _table4),
     Experiment("table5", "Table 5: maximum depth without pruning (depth search)", _table5),
     Experiment("fig3", "Fig. 3: dead capsules over epochs, CapsNet[C=20, D=8, I=6]", _fig3),
-    Experiment("seed002_depth", "Seed 002 Figs. 1-5: EM, self- and VB routing at depth 1..10 (accuracy, "
-                                "dead capsules)", _seed002_depth),
+    Experiment("seed002_depth", "Seed 002 Figs. 1-7: dynamic, EM, self- and VB routing at depth 1..10 "
+                                "(accuracy, dead capsules, activations)", _seed002_depth),
 ]}
 
 

@@ -40,7 +40,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .config import DATASETS, PROFILES, ConfigError, DataConfig, RunConfig, apply_overrides, canonical_dataset
+from .config import (DATASETS, PROFILES, ROUTINGS, ConfigError, DataConfig, RunConfig, apply_overrides,
+                     canonical_dataset)
+from .experiments import STUDY_ROUTINGS
 from .config import profile as make_profile
 
 __all__ = [
@@ -62,6 +64,8 @@ __all__ = [
     "cpu_threads",
     "run",
     "run_grid",
+    "routing_study",
+    "study_table",
     "grid_table",
     "layer_order",
     "probe",
@@ -103,8 +107,9 @@ _LIST_KINDS = ("int_list", "float_list")
 class Param:
     """One chapter parameter: its kind, default, range or choices, and what it means.
 
-    ``kind`` is ``"int"``, ``"float"``, ``"choice"``, ``"int_list"`` or
-    ``"float_list"``. ``low``/``high`` bound numbers (and list items);
+    ``kind`` is ``"int"``, ``"float"``, ``"choice"``, ``"int_list"``,
+    ``"float_list"`` or ``"choice_list"`` (distinct items of ``choices``).
+    ``low``/``high`` bound numbers (and list items);
     ``high_open`` makes the upper bound exclusive. ``optional`` allows ``None``
     (meaning: the chapter's default for the profile).
     """
@@ -123,6 +128,8 @@ class Param:
         """The valid values in words, e.g. ``int >= 1, or None``."""
         if self.kind == "choice":
             text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind == "choice_list":
+            text = "list of distinct items of " + ", ".join(repr(c) for c in self.choices)
         else:
             base = {"int": "int", "float": "number", "int_list": "list of ints",
                     "float_list": "list of numbers"}[self.kind]
@@ -164,6 +171,17 @@ class Param:
             raise ValueError
         return value
 
+    def _choice_list(self, value: Any) -> list:
+        if isinstance(value, str):  # "em,vb" or "[em, vb]", as `papermill -p` may pass it
+            value = [v.strip().strip("'\"") for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+            raise TypeError
+        lookup = {str(c).lower(): c for c in self.choices}
+        out = [lookup.get(v.strip().lower()) for v in value]
+        if None in out or len(set(out)) != len(out):
+            raise ValueError
+        return out
+
     def validate(self, value: Any) -> Any:
         """The value, normalised (aliases resolved, strings split into lists); raises ValueError/TypeError."""
         if value is None:
@@ -184,6 +202,8 @@ class Param:
             raise ValueError
         if self.kind in _NUMBER_KINDS:
             return self._number(value, self.kind)
+        if self.kind == "choice_list":
+            return self._choice_list(value)
         # lists: accept a list/tuple or a comma-separated string ("1,2,3", as `papermill -p` passes it)
         if isinstance(value, str):
             items = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
@@ -228,6 +248,10 @@ CHAPTER_PARAMS: dict[str, dict[str, Param]] = {
         "R_VALUES": Param("int_list", [1, 2, 3], "routing iterations compared in the r grid", low=1, high=20),
         "TRACE_ITERS": _int(6, "iterations run when tracing the trained layers' routing", low=1, high=50),
         "BATCH": _int(256, "real images in the traced batch", low=1, high=10000),
+        "ROUTINGS": Param("choice_list", list(STUDY_ROUTINGS), "routing algorithms compared at depth (seed 002)",
+                          choices=tuple(ROUTINGS)),
+        "STUDY_DEPTHS": Param("int_list", [1, 2, 3], "ConvCaps depths of the routing comparison (seed 002: 1..10)",
+                              low=1, high=10),
     },
     "ccm": {
         **COMMON_PARAMS,
@@ -510,6 +534,40 @@ def run(cfg: RunConfig, need_model: bool = False, experiment: str = "book"):
     with warnings.catch_warnings(), cpu_threads(threads):
         warnings.simplefilter("ignore", UserWarning)  # library UserWarnings would clutter the book's outputs
         return cached_fit(cfg, experiment=experiment, need_model=need_model, data=load_data(cfg))
+
+
+def routing_study(PROFILE: str, DATASET: Optional[str], SEED: int, routings: Sequence[str],
+                  depths: Sequence[int]) -> list[dict]:
+    """The routing chapter's depth comparison: :func:`capslib.depth_study.routing_comparison` rows,
+    stored in (and read from) ``results/seed002_depth/<profile>.csv``, the ``seed002_depth`` sweep's
+    store; a run on the CPU trains with :data:`BOOK_CPU_THREADS` threads."""
+    from .depth_study import depth_config, routing_comparison
+    from .provenance import resolve_device
+
+    cfg = depth_config(routings[0], depths[0], dataset=DATASET, profile=PROFILE, seed=SEED)
+    threads = BOOK_CPU_THREADS if resolve_device(cfg.train.device).type == "cpu" else None
+    with warnings.catch_warnings(), cpu_threads(threads):
+        warnings.simplefilter("ignore", UserWarning)
+        return routing_comparison(routings, depths, dataset=DATASET, profile=PROFILE, seed=SEED)
+
+
+def study_table(rows: Iterable[Mapping[str, Any]], precise: bool = False) -> pd.DataFrame:
+    """One line per (routing, depth) of :func:`routing_study`: loss, test accuracy (%), dead capsule
+    types averaged over the ConvCaps layers, and the weakest ConvCaps layer's mean activation.
+    Rounded for print (whole percent, one decimal, two significant digits) unless ``precise``."""
+    from .depth_study import depth_frame
+
+    df = depth_frame(rows)
+    table = pd.DataFrame({
+        "routing": df["routing"], "ConvCaps layers": df["depth"], "C": df["C"], "D": df["D"], "loss": df["loss"],
+        "epochs": df["epochs"], "test acc (%)": 100 * df["test_acc"], "dead types": df["dead_caps"],
+        "weakest mean activation": df["weakest_act"],
+    })
+    if not precise:
+        table["test acc (%)"] = table["test acc (%)"].round(0).astype(int)
+        table["dead types"] = table["dead types"].round(1)
+        table["weakest mean activation"] = table["weakest mean activation"].map(lambda v: float(f"{v:.2g}"))
+    return table.set_index(["routing", "ConvCaps layers"])
 
 
 def run_grid(cfg: RunConfig, field: str, values: Iterable[Any], need_model: bool = False,

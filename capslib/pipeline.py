@@ -44,7 +44,8 @@ from .model import CapsNet, count_params
 from .provenance import provenance, resolve_device, capslib_version
 from .pruning import MODES, PrunePlan, chip_batches, ci_layer_scores, count_macs, make_plan, rebuild
 from .results import ResultsStore, run_row
-from .train import RunResult, evaluate, fit, load_model, save_atomic, save_text_atomic
+from .atomic import save_atomic, save_text_atomic
+from .train import RunResult, evaluate, fit, load_model
 
 __all__ = [
     "DEFAULT_ALPHA",

@@ -25,10 +25,11 @@ from typing import Any, Iterator, Optional
 
 import pandas as pd
 
+from .atomic import save_text_atomic
 from .config import RunConfig
 from .provenance import capslib_version
 
-__all__ = ["run_key", "run_row", "failed_row", "ResultsStore", "default_results_dir"]
+__all__ = ["run_key", "run_row", "failed_row", "ResultsStore", "default_results_dir", "parse_value", "parse_row"]
 
 #: Columns that identify a row and say where it came from; metric columns follow.
 LEAD_COLUMNS = ["run_key", "experiment", "stage", "status", "config_hash", "profile", "seed"]
@@ -151,17 +152,7 @@ class ResultsStore:
             writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            with open(tmp, "w", newline="") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            save_text_atomic(self.path, buf.getvalue(), sync_dir=True)
 
     def read(self) -> pd.DataFrame:
         """All rows as a DataFrame (empty when the store does not exist yet)."""
@@ -179,3 +170,35 @@ class ResultsStore:
             if r.get("run_key") == key and r.get("status") == "ok":
                 return r
         return None
+
+
+# ----------------------------------------------------------------------------- reading values back
+#: Columns whose text is JSON (decoded by parse_row), and columns that stay text even when they look
+#: like numbers (a hex hash made only of digits, a version string).
+JSON_COLUMNS = ("dead_000", "dead_002", "history")
+TEXT_COLUMNS = ("run_key", "point_key", "config_hash", "git_sha", "capslib_version", "torch_version",
+                "cuda_version", "label")
+
+
+def parse_value(text: str) -> Any:
+    """``"True"``/``"false"`` → bool, ``"3"`` → int, ``"0.5"`` → float, anything else unchanged."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored CSV row with numbers as numbers, booleans as booleans and the JSON columns decoded."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, str) and k in JSON_COLUMNS and v:
+            v = json.loads(v)
+        elif isinstance(v, str) and k not in TEXT_COLUMNS:
+            v = parse_value(v)
+        out[k] = v
+    return out

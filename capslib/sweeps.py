@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig, apply_overrides
 from .experiments import EXPERIMENTS, Point, get_experiment
 from .provenance import capslib_version
-from .results import ResultsStore, failed_row, run_row
+from .results import ResultsStore, failed_row, parse_value, run_row
 
 __all__ = ["point_key", "run_point", "sweep", "SweepSummary", "parse_overrides", "register_cli"]
 
@@ -69,6 +69,10 @@ def run_point(experiment: str, point: Point, cfg: RunConfig, progress: bool = Fa
         result, _ = fit(cfg, progress=progress, checkpoint_dir=ckpt)
         rows = [run_row(cfg, result, experiment=experiment, stage="train", key_extra=point.key_extra())]
         return _tag(rows, experiment, cfg, point)
+    if point.kind == "snapshots":
+        from .depth_study import study_row
+
+        return _tag([study_row(cfg, point, experiment, checkpoint_dir=ckpt, progress=progress)], experiment, cfg, point)
     from .pipeline import depth_search, prune_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:  # the pipeline writes its stage rows here; we hand them back
@@ -217,19 +221,8 @@ def parse_overrides(items: Optional[list[str]]) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like name=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
+        out[k.strip()] = parse_value(v.strip())
     return out
-
-
-def _parse_value(v: str) -> Any:
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import save_atomic, save_text_atomic
 from .config import RunConfig
 from .data import DataSplits, load_splits
 from .losses import total_loss
@@ -36,7 +37,7 @@ from .probes import ActivationProbe, ProbeResult
 from .provenance import provenance, resolve_device
 from .routing_alt import spread_margin, spread_total_loss
 
-__all__ = ["TrainingDiverged", "EpochRecord", "RunResult", "evaluate", "fit", "load_model", "save_atomic"]
+__all__ = ["TrainingDiverged", "EpochRecord", "RunResult", "evaluate", "fit", "load_model"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,22 +87,6 @@ class RunResult:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             save_text_atomic(path, text)
         return text
-
-
-def save_text_atomic(path: str | os.PathLike, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()

@@ -207,6 +207,18 @@ def test_help_documents_every_option(name):
             assert opt in helptext
 
 
+def test_train_options_take_routing_and_loss(capsys):
+    from capslib.cli import config_from_args
+
+    cfg = config_from_args(subcommand("train").parse_args(["--routing", "em", "--D", "9", "--I", "2"]))
+    assert (cfg.model.routing, cfg.train.loss, cfg.loss, cfg.model.I) == ("em", "auto", "spread", 2)
+    cfg = config_from_args(subcommand("train").parse_args(["--routing", "vb", "--D", "16", "--loss", "margin"]))
+    assert (cfg.model.routing, cfg.loss) == ("vb", "margin")
+    with pytest.raises(SystemExit):
+        subcommand("train").parse_args(["--routing", "magic"])
+    assert "invalid choice: 'magic'" in capsys.readouterr().err
+
+
 def test_cli_prune_runs_and_prints_the_stage_table(first_run, ckpt):
     """A second PR in the same checkpoint folder: stages 1-2 are reused, 3-5 run."""
     store = ckpt / "cli.csv"

@@ -478,50 +478,117 @@ def test_seed002_experiment_grid():
 
     exp = EXPERIMENTS["seed002_depth"]
     smoke, full = exp.grid("smoke"), exp.grid("fmnist")
-    assert len(smoke) == 3 * 3 and len(full) == 3 * 10
+    assert len(smoke) == 4 * 3 and len(full) == 4 * 10
     cfgs = [p.config("fmnist") for p in full]
-    assert {c.model.routing for c in cfgs} == {"em", "self", "vb"}
+    assert {c.model.routing for c in cfgs} == {"dynamic", "em", "self", "vb"}
     assert sorted({c.model.I for c in cfgs}) == list(range(1, 11))
     assert {(c.model.C, c.model.D) for c in cfgs} == {(16, 16)}  # 16 capsule types, 4×4 poses (§3.1)
-    assert all(p.kind == "train" for p in smoke)
+    assert all(p.kind == "snapshots" for p in smoke + full)
+    small = smoke[0].config("smoke")
+    assert (small.model.C, small.model.D, small.train.epochs, small.data.train_size) == (4, 9, 2, 2000)
 
 
-def test_depth_study_rows_frame_and_figure(real_data_root, tmp_path):
-    import matplotlib
+TINY = dict(train_size=256, val_size=128, test_size=128, epochs=2, batch_size=64)
 
-    matplotlib.use("Agg")
-    from capslib.depth_study import depth_frame, depth_study, plot_capsule_activations
 
-    tiny = dict(train_size=256, val_size=128, test_size=128, epochs=2, batch_size=64, recompute_votes=False)
-    rows = depth_study("self", depths=(1, 2), profile="smoke", results_root=str(tmp_path), **tiny)
+def test_depth_study_rows_frame_and_figures(real_data_root, tmp_path):
+    from matplotlib.figure import Figure
+
+    from capslib.depth_study import (activation_panels, deepest_runs, depth_frame, depth_study,
+                                     plot_capsule_activation_grid, plot_capsule_activations, plot_depth_study)
+    from capslib.results import ResultsStore
+
+    rows = depth_study("self", depths=(1, 2), profile="smoke", results_root=str(tmp_path), **TINY)
     assert [r["model.I"] for r in rows] == [1, 2]
     for r in rows:
         assert r["routing"] == "self" and r["loss"] == "margin" and r["experiment"] == "seed002_depth"
-        first, last = json.loads(r["acts_first"]), json.loads(r["acts_last"])
+        assert r["kind"] == "snapshots"
+        first, last, test = (json.loads(r[k]) for k in ("acts_first", "acts_last", "acts_test"))
         assert list(first) == ["primary"] + [f"inter{i + 1}" for i in range(r["model.I"])] + ["class"]
         assert first != last  # epoch 1 and epoch 2 differ
+        assert all(len(v) == 4 for k, v in first.items() if k != "class") and len(first["class"]) == 10
         assert 0 <= r["dead_caps"] <= 4
-    again = depth_study("self", depths=(1, 2), profile="smoke", results_root=str(tmp_path), **tiny)  # from the store
+        # dead_caps is the mean over the ConvCaps layers of the test-split types at or below 0.01
+        want = np.mean([np.sum(np.asarray(v) <= 0.01) for k, v in test.items() if k.startswith("inter")])
+        assert r["dead_caps"] == pytest.approx(want)
+    store = ResultsStore.for_experiment("seed002_depth", "smoke", str(tmp_path))
+    again = depth_study("self", depths=(1, 2), profile="smoke", results_root=str(tmp_path), **TINY)  # from the store
     assert [r["run_key"] for r in again] == [r["run_key"] for r in rows]
+    assert [float(r["wall_time"]) for r in again] == pytest.approx([r["wall_time"] for r in rows])
+    assert len(store.read()) == 2  # nothing retrained or appended
     df = depth_frame(again)
     assert list(df["depth"]) == [1, 2] and set(df["routing"]) == {"self"}
     assert df["test_acc"].between(0, 1).all() and df["dead_caps"].notna().all()
+    weakest = [min(np.mean(v) for k, v in json.loads(r["acts_test"]).items() if k.startswith("inter")) for r in rows]
+    np.testing.assert_allclose(df["weakest_act"], weakest, rtol=1e-12)
     fig = plot_capsule_activations(rows[-1])
-    assert len(fig.axes) == 3  # two panels and the colour bar
+    assert isinstance(fig, Figure) and len(fig.axes) == 3  # two panels and the colour bar
     assert len(fig.axes[0].collections) == 3  # primary, inter1, inter2: one row of circles each
+    assert plot_depth_study(df).axes[0].get_xlabel() == "ConvCaps layers"
+    assert [r["model.I"] for r in deepest_runs(again)] == [2]
+    grid = plot_capsule_activation_grid(deepest_runs(again))
+    assert len(grid.axes) == 3  # one pair of panels and the colour bar
+    assert set(activation_panels(again)) == {("self", 1), ("self", 2)}
 
 
-def test_routing_comparison_trains_once_then_loads(real_data_root, tmp_path, monkeypatch):
-    from capslib.depth_study import routing_comparison
+def test_sweep_point_and_depth_study_share_rows(real_data_root, tmp_path):
+    """A seed002_depth sweep point writes the row depth_study would (same key, same activations)."""
+    from capslib.depth_study import depth_config, depth_study
+    from capslib.experiments import seed002_point
+    from capslib.sweeps import run_point
 
-    monkeypatch.setenv("CAPSLIB_CACHE", str(tmp_path / "models"))
-    tiny = dict(train_size=128, val_size=64, test_size=64, batch_size=64, recompute_votes=False)
-    kw = dict(routings=("self", "em"), depths=(1,), profile="smoke", results_root=str(tmp_path), **tiny)
-    df = routing_comparison(**kw)
-    assert list(df["routing"]) == ["em", "self"] and list(df["loss"]) == ["spread", "margin"]
-    assert set(df.columns) >= {"routing", "dataset", "depth", "test_acc", "dead_caps", "dead_frac"}
-    again = routing_comparison(**kw)  # from the store: same numbers, no training
-    pd.testing.assert_frame_equal(df.drop(columns="wall_time"), again.drop(columns="wall_time"))
+    cfg = depth_config("em", 1, **TINY)
+    (row,) = run_point("seed002_depth", seed002_point("em", 1, "smoke"), cfg, checkpoint_root=str(tmp_path / "ck"))
+    (ref,) = depth_study("em", depths=(1,), results_root=str(tmp_path / "res"), **TINY)
+    assert row["run_key"] == ref["run_key"] and row["point_key"] == ref["point_key"]
+    for k in ("test_acc", "acts_first", "acts_last", "acts_test", "dead_caps", "loss"):
+        assert row[k] == ref[k], k
+    assert row["loss"] == "spread"
+
+
+def test_snapshots_resume_after_a_crash(real_data_root, tmp_path):
+    """Killed after epoch 1 (before or after its snapshot was saved), a run resumes to the same numbers."""
+    from capslib.data import load_splits
+    from capslib.depth_study import depth_config, fit_with_snapshots
+    from capslib.train import fit
+
+    cfg = depth_config("vb", 1, **TINY)
+    data = load_splits(cfg.data)
+    ref, _, first, last = fit_with_snapshots(cfg, data=data)
+    assert first != last
+
+    crashed = tmp_path / "a"  # the process died after epoch 1, before the snapshot was written
+    fit(cfg, data=data, checkpoint_dir=crashed, progress=False, stop_after_epochs=1)
+    got = fit_with_snapshots(cfg, data=data, checkpoint_dir=crashed)
+    assert (got[0].test_acc, got[2], got[3]) == (ref.test_acc, first, last)
+    assert (crashed / "acts_first.json").exists()
+    again = fit_with_snapshots(cfg, data=data, checkpoint_dir=crashed)  # finished: nothing left to train
+    assert (again[0].test_acc, again[2], again[3]) == (ref.test_acc, first, last)
+
+    def metrics(history):
+        return [{k: v for k, v in h.items() if k != "wall_time"} for h in history]
+
+    assert metrics(again[0].history) == metrics(got[0].history) == metrics(ref.history)
+
+    lost = tmp_path / "b"  # a finished run whose epoch-1 snapshot is gone cannot be completed honestly
+    fit(cfg, data=data, checkpoint_dir=lost, progress=False)
+    with pytest.raises(ValueError, match="epoch-1 activations"):
+        fit_with_snapshots(cfg, data=data, checkpoint_dir=lost)
+
+
+def test_routing_comparison_trains_once_then_reads(real_data_root, tmp_path):
+    from capslib.depth_study import depth_frame, routing_comparison
+
+    tiny = dict(train_size=128, val_size=64, test_size=64, epochs=1, batch_size=64)
+    kw = dict(routings=("self", "dynamic"), depths=(1,), profile="smoke", results_root=str(tmp_path), **tiny)
+    rows = routing_comparison(**kw)
+    df = depth_frame(rows)
+    assert list(df["routing"]) == ["dynamic", "self"] and list(df["loss"]) == ["margin", "margin"]
+    assert set(df.columns) >= {"routing", "dataset", "depth", "test_acc", "dead_caps", "dead_frac", "weakest_act"}
+    again = routing_comparison(**kw)  # from the store: the same rows, wall times included (no training)
+    pd.testing.assert_frame_equal(df, depth_frame(again))
+    with pytest.raises(ValueError, match="at least one routing"):
+        routing_comparison(routings=(), depths=(1,))
 
 
 # --------------------------------------------------------------- real data: each algorithm learns
@@ -530,13 +597,14 @@ def test_routing_comparison_trains_once_then_loads(real_data_root, tmp_path, mon
 @pytest.mark.parametrize("routing", ROUTERS)
 def test_real_fashion_mnist_depth1_beats_chance_by_40_points(real_data_root, routing):
     """Depth 1 (one ConvCaps layer), 4 capsule types, D = 9 (3×3 poses for EM and VB), one epoch on
-    5,000 real Fashion-MNIST images, Adam lr 3e-3 (the seed002_depth smoke point): >= 50% on 1,000
+    5,000 real Fashion-MNIST images, Adam lr 3e-3 (the seed002_depth smoke point, with one epoch on the
+    smoke profile's 5,000 images instead of its two on 2,000): >= 50% on 1,000
     test images. Spread loss for EM and VB, margin loss for self-routing (train.loss="auto")."""
+    from capslib.config import apply_overrides
     from capslib.experiments import seed002_point
     from capslib.train import fit
 
-    cfg = seed002_point(routing, 1, "smoke").config("smoke")
-    cfg = cfg.replace(model=cfg.model.replace(recompute_votes=False))  # CPU: memory is no issue here
+    cfg = apply_overrides(seed002_point(routing, 1, "smoke").config("smoke"), epochs=1, train_size=5000, val_size=1000)
     assert (cfg.model.C, cfg.model.D, cfg.model.I, cfg.train.epochs, cfg.train.lr) == (4, 9, 1, 1, 0.003)
     assert (cfg.data.train_size, cfg.data.test_size) == (5000, 1000)
     r, _ = fit(cfg, progress=False)
