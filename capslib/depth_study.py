@@ -313,8 +313,12 @@ def plot_depth_study(frame: pd.DataFrame, title: Optional[str] = None, threshold
             ax.axhline(threshold, color="red", ls="--", lw=1)
             ax.set_ylim(min(threshold / 2, float(np.nanmin(df[col])) / 2) if df[col].notna().any() else threshold / 2,
                         1.0)
-    if axes[0].get_legend() is not None:
-        axes[0].legend(fontsize=8, title="routing")
+    legend = axes[0].get_legend()
+    if legend is not None:
+        handles, labels = axes[0].get_legend_handles_labels()
+        legend.remove()
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, title="routing",
+                   frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -425,12 +429,13 @@ def plot_capsule_activation_grid(rows: Sequence[Mapping[str, Any]], threshold: f
     width = max(len(a[k]) for (a, b, _), ls in zip(snaps, layer_lists) for k in ls)
     height = sum(0.75 + 0.42 * len(ls) for ls in layer_lists)
     norm = Normalize(0.0, 1.0)
-    fig = Figure(figsize=(max(7.0, 2.6 + 0.84 * width), height + 0.6), layout="constrained")
+    fig = Figure(figsize=(max(8.5, 3.5 + 0.84 * width), height + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), 2, squeeze=False, height_ratios=[len(ls) + 1 for ls in layer_lists])
     for (a_first, a_last, lab), layers, pair in zip(snaps, layer_lists, axes):
-        name = f"{lab['routing']}, {lab['depth']} ConvCaps ({lab['test_acc']:.0%})"
-        _draw_snapshot(pair[0], a_first, layers, width, f"{name}: epoch 1", threshold, cmap, norm)
-        _draw_snapshot(pair[1], a_last, layers, width, f"{name}: epoch {lab['epochs']}", threshold, cmap, norm)
+        _draw_snapshot(pair[0], a_first, layers, width, "epoch 1", threshold, cmap, norm)
+        _draw_snapshot(pair[1], a_last, layers, width, f"epoch {lab['epochs']}", threshold, cmap, norm)
+        pair[0].set_ylabel(f"{lab['routing']} routing\n{lab['depth']} ConvCaps layers\ntest acc. {lab['test_acc']:.0%}",
+                           fontsize=10)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.6, label="mean activation")
     if title:
         fig.suptitle(title, fontsize=10)

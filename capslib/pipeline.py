@@ -38,13 +38,13 @@ from typing import Any, Optional, Union
 import pandas as pd
 import torch
 
+from .atomic import save_atomic, save_text_atomic
 from .config import RunConfig
 from .data import DataSplits, load_splits
 from .model import CapsNet, count_params
 from .provenance import provenance, resolve_device, capslib_version
 from .pruning import MODES, PrunePlan, chip_batches, ci_layer_scores, count_macs, make_plan, rebuild
 from .results import ResultsStore, run_row
-from .atomic import save_atomic, save_text_atomic
 from .train import RunResult, evaluate, fit, load_model
 
 __all__ = [

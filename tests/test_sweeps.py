@@ -184,6 +184,18 @@ def test_report_joins_paper_and_ours_with_deltas(tmp_path):
     assert "77.70" in rep.text() and "fashion-mnist" in rep.text()
 
 
+def test_parse_row_reads_numbers_booleans_and_json_but_keeps_keys_as_text():
+    from capslib.results import parse_row
+
+    row = parse_row({"config_hash": "012345678901", "run_key": "1234", "capslib_version": "0.1.0",
+                     "test_acc": "0.5", "model.C": "8", "collapsed": "False", "amp": "true",
+                     "dead_002": '{"inter1": 0.25}', "acts_test": '{"inter1": [0.5]}', "label": "em I=1"})
+    assert row == {"config_hash": "012345678901", "run_key": "1234", "capslib_version": "0.1.0", "test_acc": 0.5,
+                   "model.C": 8, "collapsed": False, "amp": True, "dead_002": {"inter1": 0.25},
+                   "acts_test": '{"inter1": [0.5]}', "label": "em I=1"}
+    assert type(row["model.C"]) is int
+
+
 def test_parse_overrides():
     assert parse_overrides(["C=4", "lr=0.01", "amp=true", "dataset=mnist"]) == dict(C=4, lr=0.01, amp=True,
                                                                                     dataset="mnist")
@@ -194,8 +206,10 @@ def test_parse_overrides():
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_every_named_experiment_runs_under_smoke(real_data_root, tmp_path, name):
     """Each paper experiment's smoke grid runs end to end (tiny data: a code-path check, not a result)."""
-    s = sweep(name, profile="smoke", overrides=dict(train_size=128, val_size=1000, test_size=128, batch_size=64),
-              results_root=tmp_path, checkpoint_root="", progress=False)
+    tiny = dict(train_size=128, val_size=1000, test_size=128, batch_size=64)
+    if name == "seed002_depth":  # 12 runs of two epochs, each probing the validation split twice more
+        tiny.update(val_size=128, epochs=1)
+    s = sweep(name, profile="smoke", overrides=tiny, results_root=tmp_path, checkpoint_root="", progress=False)
     assert s.failed == 0, s.errors
     assert s.done == len(EXPERIMENTS[name].grid("smoke"))
     rep = report(name, profile="smoke", results_root=tmp_path, figure=False)
