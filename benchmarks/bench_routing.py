@@ -5,17 +5,19 @@
 
 For each depth I and implementation:
   capslib   capslib.model.CapsNet (votes by one bmm, routing by batched mat-vec
-            products, votes recomputed in backward: ModelConfig.recompute_votes=True);
+            products with a hand-written backward that writes grad u_hat once, ConvCaps
+            votes routed in the bmm's own layout, votes recomputed in backward:
+            ModelConfig.recompute_votes=True);
   baseline  the same net with the IntermediateCaps/ClassCaps layers of
             benchmarks/baseline_routing.py (unfold + expand to the full vote input,
             torch.matmul(W, u), Python routing loop, nothing fused, no checkpointing).
   extras, with --impls:
   capslib-norecompute        capslib with recompute_votes=False;
-  capslib-fused              PROTOTYPE (below, not in capslib): capslib's layers with a
-                             hand-written routing backward (grad u_hat in one bmm) and the
-                             ConvCaps votes routed in the bmm's own layout (no .contiguous());
-  capslib-fusedbwd           the hand-written routing backward alone (votes as capslib);
-  capslib-fused-norecompute  the same with recompute_votes=False.
+  capslib-unfused            capslib's layers as they were before the routing backward was
+                             hand-written: votes copied to the contiguous (n, J, K, D)
+                             layout and the routing loop differentiated by autograd term by
+                             term (dynamic_routing(..., fused_backward=False)); the side-by-side
+                             reference for what the hand-written backward buys.
 
 Model: CapsNet[C=20, D=8, I] (ModelConfig(C=20, D=8, I=I, in_channels=3, image_size=32)),
 train mode, random N(0,1) 3×32×32 images and random labels, margin loss; one step =
@@ -64,7 +66,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout
@@ -74,11 +75,11 @@ from capslib.capsules import ClassCaps, ConvCaps, capsule_votes, unfold_capsules
 from capslib.config import ModelConfig  # noqa: E402
 from capslib.losses import margin_loss  # noqa: E402
 from capslib.model import CapsNet  # noqa: E402
-from capslib.routing import squash  # noqa: E402
+from capslib.routing import dynamic_routing  # noqa: E402
 from baseline_routing import baseline_capsnet  # noqa: E402
 
 MiB = 2 ** 20
-IMPLS = ("capslib", "baseline", "capslib-norecompute", "capslib-fused", "capslib-fusedbwd", "capslib-fused-norecompute")
+IMPLS = ("capslib", "baseline", "capslib-norecompute", "capslib-unfused")
 
 
 # ----------------------------------------------------------------------------------------
@@ -95,167 +96,56 @@ def build(impl: str, I: int, C: int, D: int) -> CapsNet:
         return CapsNet(model_config(I, C, D, recompute=False))
     if impl == "baseline":
         return baseline_capsnet(model_config(I, C, D))
-    if impl == "capslib-fused":
-        return fused_capsnet(model_config(I, C, D))
-    if impl == "capslib-fusedbwd":
-        return fused_capsnet(model_config(I, C, D), strided=False)
-    if impl == "capslib-fused-norecompute":
-        return fused_capsnet(model_config(I, C, D, recompute=False))
+    if impl == "capslib-unfused":
+        return unfused_capsnet(model_config(I, C, D))
     raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS}")
 
 
 # ----------------------------------------------------------------------------------------
-# PROTOTYPE of a proposed change to capslib (measured here, not used by capslib).
-#
-# Where capslib's forward+backward spends its time on CPU (torch.profiler, see --profile):
-# almost all of it in writing vote-sized (n, J, K, D) tensors. Autograd differentiates
-# the routing loop term by term, so grad u_hat is built from 2R-1 vote-sized outer
-# products (bmm with an inner dimension of 1) and 2R-2 vote-sized adds; and
-# capsule_votes copies the votes once more (.contiguous()) to the routing layout, in
-# the forward and again in the recomputation. The prototype:
-#   * FusedRouting: same forward; backward computes grad u_hat as ONE bmm of rank 2R-1,
-#     [c_0..c_{R-1}, g_a_0..g_a_{R-2}] @ [g_s_0..g_s_{R-1}; v_0..v_{R-2}]; all other
-#     backward terms only read u_hat (batched mat-vec products);
-#   * votes_strided: the votes stay in the bmm's (K, n, J, D) layout; the routing's bmm
-#     reads them through a (n·J, K, D) strided view (no copy).
+# capslib before the hand-written routing backward (the side-by-side reference)
 
-
-class FusedRouting(torch.autograd.Function):
-    """capslib.routing.dynamic_routing's v, with a hand-written backward.
-
-    Autograd differentiates the routing loop term by term: every iteration adds
-    one vote-sized outer product to grad u_hat (c ⊗ g_s for the weighted sum,
-    g_a ⊗ v for the agreement) and one vote-sized add to accumulate them: 2R-1
-    writes plus 2R-2 adds of the (n, J, K, D) tensor. Here grad u_hat is one
-    bmm of rank 2R-1: [c_0 .. c_{R-1}, g_a_0 .. g_a_{R-2}] @ [g_s; v], a single
-    vote-sized write. The other terms only read u_hat (batched mat-vec products).
-    Saved for backward: u_hat (a reference) and the small c_r (n, J, K), s_r, v_r.
-    """
-
-    @staticmethod
-    def forward(ctx, u_hat: Tensor, iters: int) -> Tensor:
-        n, J, K, D = u_hat.shape
-        uf = u_hat.reshape(n * J, K, D)
-        b = u_hat.new_zeros(n, J, K)
-        cs, ss, vs = [], [], []
-        for r in range(iters):
-            c = torch.softmax(b, dim=1)
-            s = torch.bmm(c.view(n * J, 1, K), uf).view(n, J, D)
-            v = squash(s)
-            cs.append(c)
-            ss.append(s)
-            vs.append(v)
-            if r < iters - 1:
-                b = b + torch.bmm(uf, v.view(n * J, D, 1)).view(n, J, K)
-        ctx.iters = iters
-        ctx.save_for_backward(u_hat, *cs, *ss, *vs)
-        return v
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_out: Tensor):
-        R = ctx.iters
-        u_hat, *rest = ctx.saved_tensors
-        cs, ss, vs = rest[:R], rest[R:2 * R], rest[2 * R:]
-        n, J, K, D = u_hat.shape
-        uf = u_hat.reshape(n * J, K, D)
-        cols, rows = [], []  # grad u_hat = sum_q cols[q] ⊗ rows[q]
-        gb = None  # dL/db_{r+1}
-        for r in reversed(range(R)):
-            if r == R - 1:
-                g_v = g_out
-            else:  # b_{r+1} = b_r + u_hat·v_r: dL/da_r = dL/db_{r+1}
-                g_v = torch.bmm(gb.view(n * J, 1, K), uf).view(n, J, D)
-                cols.append(gb)
-                rows.append(vs[r])
-            with torch.enable_grad():  # squash backward on the small (n, J, D) tensors
-                s = ss[r].detach().requires_grad_()
-                (g_s,) = torch.autograd.grad(squash(s), s, g_v)
-            cols.append(cs[r])
-            rows.append(g_s)
-            g_c = torch.bmm(uf, g_s.reshape(n * J, D, 1)).view(n, J, K)
-            c = cs[r]
-            g_b = c * (g_c - (g_c * c).sum(dim=1, keepdim=True))  # softmax over J
-            gb = g_b if gb is None else gb + g_b
-        Q = len(cols)
-        A = torch.stack(cols, dim=-2).view(n * J, Q, K).transpose(1, 2)  # (n·J, K, Q), BLAS-transposed
-        Bm = torch.stack(rows, dim=-2).view(n * J, Q, D)
-        return torch.bmm(A, Bm).view(n, J, K, D), None
-
-
-def fused_dynamic_routing(u_hat: Tensor, iters: int = 3) -> Tensor:
-    with torch.autocast(device_type=u_hat.device.type, enabled=False):
-        return FusedRouting.apply(u_hat.float(), iters)
-
-
-def votes_strided(u: Tensor, weight: Tensor) -> Tensor:
-    """capslib.capsules.capsule_votes without the final .contiguous(): a (n, J, K, D) view."""
-    n, K, Din = u.shape
-    _, J, Dout, _ = weight.shape
-    w = weight.permute(0, 3, 1, 2).reshape(K, Din, J * Dout)
-    votes = torch.bmm(u.transpose(0, 1), w)  # (K, n, J·Dout)
-    return votes.view(K, n, J, Dout).permute(1, 2, 0, 3)
-
-
-class FusedConvCaps(ConvCaps):
-    """capslib's ConvCaps (same weights, same checkpointing) routed by the prototype."""
-
-    strided = True
+class UnfusedConvCaps(ConvCaps):
+    """capslib's ConvCaps (same weights, same checkpointing), votes contiguous, autograd routing."""
 
     def _route(self, u: Tensor) -> Tensor:
         B = u.shape[0]
         windows, Ho, Wo = unfold_capsules(u, self.kernel, self.stride, self.padding)
-        votes = votes_strided if self.strided else capsule_votes
-        v = fused_dynamic_routing(votes(windows, self.weight.float()), self.iters)
+        v, _ = dynamic_routing(capsule_votes(windows, self.weight.float()), self.iters, fused_backward=False)
         return v.view(B, Ho, Wo, self.Cout, self.Dout)
 
 
-class FusedClassCaps(ClassCaps):
-    """capslib's ClassCaps routed by FusedRouting, votes contiguous as capslib's (routing
-    the strided (K, B, N, M) view was slower here: CapsNet[20, 8, 0], batch 128, 1 thread,
-    51 images/s strided vs 125 contiguous, capslib 99)."""
-
+class UnfusedClassCaps(ClassCaps):
     def _route(self, u: Tensor) -> Tensor:
         B = u.shape[0]
-        return fused_dynamic_routing(capsule_votes(u.reshape(B, -1, u.shape[-1]), self.weight.float()), self.iters)
+        u_hat = capsule_votes(u.reshape(B, -1, u.shape[-1]), self.weight.float())
+        return dynamic_routing(u_hat, self.iters, fused_backward=False)[0]
 
 
-class FusedConvCapsContiguous(FusedConvCaps):
-    strided = False
-
-
-def fused_capsnet(cfg: ModelConfig, strided: bool = True) -> CapsNet:
-    """CapsNet(cfg) whose capsule layers route with FusedRouting (ConvCaps votes strided or not)."""
+def unfused_capsnet(cfg: ModelConfig) -> CapsNet:
     model = CapsNet(cfg)
     for layer in model.intermediate:
-        layer.__class__ = FusedConvCaps if strided else FusedConvCapsContiguous
-    model.classcaps.__class__ = FusedClassCaps
+        layer.__class__ = UnfusedConvCaps
+    model.classcaps.__class__ = UnfusedClassCaps
     return model
 
 
-def check_fused(atol: float = 1e-4) -> float:
-    """The prototype's outputs and gradients equal capslib's (and gradcheck in float64)."""
-    for R in (1, 2, 3):
-        u = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(lambda x: FusedRouting.apply(x, R), (u,)), "FusedRouting gradcheck"
+def check_unfused(atol: float = 1e-4) -> float:
+    """capslib's outputs and parameter gradients equal the unfused reference's (relative, worst)."""
     worst = 0.0
     for std in (0.1, 0.5):
         torch.manual_seed(0)
         cfg = model_config(2, 4, 8).replace(init_std=std)
-        ref, fused, fusedbwd = CapsNet(cfg), fused_capsnet(cfg), fused_capsnet(cfg, strided=False)
-        fused.load_state_dict(ref.state_dict())
-        fusedbwd.load_state_dict(ref.state_dict())
+        ref, unfused = CapsNet(cfg), unfused_capsnet(cfg)
+        unfused.load_state_dict(ref.state_dict())
         x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 3, 7])
         res = []
-        for net in (ref, fused, fusedbwd):
+        for net in (ref, unfused):
             out = net(x)
             margin_loss(out.lengths, y).backward()
             res.append([out.lengths] + [p.grad for n, p in net.named_parameters() if not n.endswith(".0.bias")])
-        for a, *others in zip(*res):
-            for b in others:
-                d = (a - b).abs().max().item() / max(a.abs().max().item(), 1e-30)
-                worst = max(worst, d)
-    assert worst <= atol, f"prototype differs from capslib: relative {worst:.2e}"
+        for a, b in zip(*res):
+            worst = max(worst, (a - b).abs().max().item() / max(a.abs().max().item(), 1e-30))
+    assert worst <= atol, f"capslib differs from the unfused reference: relative {worst:.2e}"
     return worst
 
 
@@ -283,7 +173,7 @@ def estimate_bytes(impl: str, I: int, batch: int, C: int = 20, D: int = 8) -> in
         transient = V * (D * D + D) if I else 0
         cls = Kc * N * (M * D + D + M) * 2
         floats = I * per_layer + transient + cls + backbone
-    elif impl in ("capslib", "capslib-fused", "capslib-fusedbwd"):
+    elif impl in ("capslib", "capslib-unfused"):
         floats = (6 * V * D if I else 0) + Kc * N * M * 6 + I * L * C * D * 4 + backbone
     else:  # capslib-norecompute: every layer keeps its votes (+ routing temporaries)
         floats = I * 3 * V * D + 6 * V * D * (I > 0) + Kc * N * M * 6 + backbone
@@ -553,10 +443,11 @@ def main() -> None:
         worst = check(device=args.device, verbose=False)
         info["check_worst_relative_diff"] = worst
         print(f"check: baseline == capslib (outputs and all gradients) to 1e-4; worst relative diff {worst:.1e}")
-    if not args.no_check and any(i.startswith("capslib-fused") for i in args.impls):
-        worst = check_fused()
-        info["check_fused_worst_relative_diff"] = worst
-        print(f"check: prototype == capslib (outputs and all gradients) to 1e-4; worst relative diff {worst:.1e}")
+    if not args.no_check and "capslib-unfused" in args.impls:
+        worst = check_unfused()
+        info["check_unfused_worst_relative_diff"] = worst
+        print(f"check: capslib == unfused reference (outputs and all gradients) to 1e-4; worst relative diff "
+              f"{worst:.1e}")
 
     avail = available_bytes(args.device)
     info["available_bytes_at_start"] = avail

@@ -385,11 +385,14 @@ def check_parameters(namespace: dict, spec: Mapping[str, Param] | str) -> dict[s
 # ======================================================================================
 # Chapter configs
 # ======================================================================================
-#: Chapter sizes per profile: the only place the book's run sizes are set.
-#: ``smoke`` keeps every chapter to about a minute of CPU (a real Fashion-MNIST
-#: subset, one epoch, C·D small, votes kept in memory); its numbers are a
-#: smoke-scale check, never a reproduction. ``fmnist`` and ``paper`` use the
-#: paper's CapsNet[C=20, D=8] and the profile's data and epochs.
+#: Chapter sizes per profile: where the book's run sizes are set (except the
+#: routing chapter's depth study, which runs the ``seed002_depth`` sweep points
+#: of :func:`capslib.experiments.seed002_point`, so that book and sweep share
+#: results). ``smoke`` keeps a chapter to about a minute of CPU (a real
+#: Fashion-MNIST subset, one epoch, C·D small, votes kept in memory; the depth
+#: study adds about five); its numbers are a smoke-scale check, never a
+#: reproduction. ``fmnist`` and ``paper`` use the paper's CapsNet[C=20, D=8]
+#: and the profile's data and epochs.
 #: Keys are config fields (bare names, as :func:`capslib.config.profile` takes)
 #: plus ``alpha`` for the CCM chapter; ``"*"`` holds every chapter's defaults.
 CHAPTER_SCALE: dict[str, dict[str, dict[str, Any]]] = {

@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["squash", "dynamic_routing", "RoutingTrace"]
 
@@ -57,17 +58,23 @@ def dynamic_routing(
     u_hat: Tensor,
     iters: int = 3,
     trace: Optional[RoutingTrace] = None,
+    fused_backward: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Route votes to parents by agreement.
 
     Args:
-        u_hat: votes, (n, J, K, D): n independent problems, J parents, K children.
+        u_hat: votes, (n, J, K, D): n independent problems, J parents, K children. A strided view
+            is fine when n and J can be merged without a copy (e.g. the ConvCaps votes).
         iters: routing iterations r >= 1 (the paper uses 3).
         trace: if given, filled with each iteration's c, agreement and v.
+        fused_backward: when gradients are needed, differentiate with :class:`_RoutingFunction`'s
+            hand-written backward (the same gradient, with one vote-sized write instead of 4r-3);
+            False differentiates the loop term by term with autograd (the reference).
 
     Returns:
         v: parent capsules, (n, J, D), each of length < 1.
-        c: final coupling coefficients, (n, J, K), summing to 1 over J.
+        c: final coupling coefficients, (n, J, K), summing to 1 over J (not differentiable on
+            the fused path; no caller differentiates it).
 
     Runs in float32 even under autocast: routing is a sum of many small terms.
     """
@@ -75,6 +82,8 @@ def dynamic_routing(
         raise ValueError(f"routing iterations must be >= 1, got {iters}")
     with torch.autocast(device_type=u_hat.device.type, enabled=False):
         u_hat = u_hat.float()
+        if fused_backward and trace is None and torch.is_grad_enabled() and u_hat.requires_grad:
+            return _RoutingFunction.apply(u_hat, iters)
         n, J, K, D = u_hat.shape
         b = u_hat.new_zeros(n, J, K)  # logits b_jk, initialised to zero (eq. 1)
         for r in range(iters):
@@ -91,3 +100,71 @@ def dynamic_routing(
                 if not last:
                     b = b + agreement
     return v, c
+
+
+class _RoutingFunction(torch.autograd.Function):
+    """:func:`dynamic_routing`'s forward with a hand-written backward.
+
+    Autograd differentiates the routing loop term by term: every iteration adds one vote-sized
+    outer product to grad u_hat (c_r ⊗ g_s_r from the weighted sum, g_b_{r+1} ⊗ v_r from the
+    agreement) and one vote-sized add to accumulate them: 2r-1 writes plus 2r-2 adds of the
+    (n, J, K, D) tensor, which dominate a deep CapsNet's training time on CPU. Here grad u_hat is
+    one batched matmul of rank 2r-1,
+
+        grad u_hat = [c_0 .. c_{r-1}, g_b_1 .. g_b_{r-1}] @ [g_s_0 .. g_s_{r-1}; v_0 .. v_{r-2}],
+
+    a single vote-sized write; the other backward terms only read u_hat (batched mat-vec
+    products). Saved for backward: u_hat (a reference, not a copy) and the small c_r, s_r, v_r.
+    Checked against the autograd loop and by ``gradcheck`` in float64 (tests/test_routing.py).
+    """
+
+    @staticmethod
+    def forward(ctx, u_hat: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+        n, J, K, D = u_hat.shape
+        uf = u_hat.reshape(n * J, K, D)  # a view for contiguous votes and for ConvCaps' strided ones
+        b = u_hat.new_zeros(n, J, K)
+        cs, ss, vs = [], [], []
+        for r in range(iters):
+            c = torch.softmax(b, dim=1)  # (n, J, K)
+            s = torch.bmm(c.view(n * J, 1, K), uf).view(n, J, D)
+            v = squash(s)
+            cs.append(c)
+            ss.append(s)
+            vs.append(v)
+            if r < iters - 1:
+                b = b + torch.bmm(uf, v.view(n * J, D, 1)).view(n, J, K)
+        ctx.iters = iters
+        ctx.save_for_backward(u_hat, *cs, *ss, *vs)
+        ctx.mark_non_differentiable(cs[-1])
+        return v, cs[-1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out: Tensor, _g_c: Optional[Tensor]):
+        R = ctx.iters
+        u_hat, *rest = ctx.saved_tensors
+        cs, ss, vs = rest[:R], rest[R:2 * R], rest[2 * R:]
+        n, J, K, D = u_hat.shape
+        uf = u_hat.reshape(n * J, K, D)
+        cols, rows = [], []  # grad u_hat = Σ_q cols[q] ⊗ rows[q]
+        g_b_next = None  # dL/db_{r+1}
+        for r in reversed(range(R)):
+            if r == R - 1:
+                g_v = g_out if g_out is not None else u_hat.new_zeros(n, J, D)
+            else:  # b_{r+1} = b_r + u_hat·v_r, so dL/d(u_hat·v_r) = dL/db_{r+1}
+                g_v = torch.bmm(g_b_next.view(n * J, 1, K), uf).view(n, J, D)
+                cols.append(g_b_next)
+                rows.append(vs[r])
+            with torch.enable_grad():  # squash's backward, on the small (n, J, D) tensors
+                s = ss[r].detach().requires_grad_()
+                (g_s,) = torch.autograd.grad(squash(s), s, g_v)
+            cols.append(cs[r])
+            rows.append(g_s)
+            g_c = torch.bmm(uf, g_s.reshape(n * J, D, 1)).view(n, J, K)
+            c = cs[r]
+            g_b = c * (g_c - (g_c * c).sum(dim=1, keepdim=True))  # softmax over J; b_0 = 0 ends the chain
+            g_b_next = g_b if g_b_next is None else g_b_next + g_b
+        Q = len(cols)
+        A = torch.stack(cols, dim=-2).view(n * J, Q, K).transpose(1, 2)  # (n·J, K, Q)
+        Bm = torch.stack(rows, dim=-2).view(n * J, Q, D)  # (n·J, Q, D)
+        return torch.bmm(A, Bm).view(n, J, K, D), None

@@ -173,3 +173,65 @@ def test_recompute_gives_identical_values_and_gradients(cls, args, shape):
     (out2**2).sum().backward()
     torch.testing.assert_close(u1.grad, u2.grad)
     torch.testing.assert_close(a.weight.grad, b.weight.grad)
+
+
+# ---- the hand-written routing backward against autograd's, and gradcheck ----
+
+@pytest.mark.parametrize("iters", [1, 2, 3])
+def test_fused_routing_backward_passes_gradcheck(iters):
+    from capslib.routing import _RoutingFunction
+
+    torch.manual_seed(iters)
+    u = (torch.randn(2, 3, 5, 4, dtype=torch.float64) * 0.8).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: _RoutingFunction.apply(x, iters)[0], (u,))
+    strided = (torch.randn(5, 2, 3, 4, dtype=torch.float64) * 0.8).permute(1, 2, 0, 3).detach().requires_grad_()
+    assert not strided.is_contiguous()  # the ConvCaps votes' layout
+    assert torch.autograd.gradcheck(lambda x: _RoutingFunction.apply(x, iters)[0], (strided,))
+
+
+@pytest.mark.parametrize("iters", [1, 3, 5])
+def test_fused_routing_equals_the_autograd_loop(iters):
+    torch.manual_seed(iters)
+    u1 = (torch.randn(7, 6, 11, 8) * 0.5).requires_grad_()
+    u2 = u1.detach().clone().requires_grad_()
+    g = torch.randn(7, 6, 8)
+    v1, c1 = dynamic_routing(u1, iters)  # fused backward
+    v2, c2 = dynamic_routing(u2, iters, fused_backward=False)
+    assert v1.grad_fn is not None and "Routing" in type(v1.grad_fn).__name__
+    torch.testing.assert_close(v1, v2, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(c1, c2, rtol=1e-6, atol=1e-7)
+    (v1 * g).sum().backward()
+    (v2 * g).sum().backward()
+    torch.testing.assert_close(u1.grad, u2.grad, rtol=1e-5, atol=1e-6)
+    assert u1.grad.abs().max() > 1e-3  # a real gradient, not zeros on both sides
+
+
+def test_convcaps_gradients_equal_the_unfused_contiguous_path():
+    """ConvCaps (strided votes + fused backward) against the plain composition with autograd's loop."""
+    from capslib.capsules import capsule_votes, unfold_capsules
+
+    torch.manual_seed(3)
+    layer = ConvCaps(Cin=3, Din=4, Cout=5, Dout=4, iters=3, init_std=0.5, recompute=False)
+    u1 = torch.randn(2, 5, 4, 3, 4, requires_grad=True)
+    u2 = u1.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    out1 = layer(u1)
+    windows, Ho, Wo = unfold_capsules(u2, 3, 1, 1)
+    v, _ = dynamic_routing(capsule_votes(windows, w2), 3, fused_backward=False)
+    out2 = v.view(2, Ho, Wo, 5, 4)
+    torch.testing.assert_close(out1, out2, rtol=1e-6, atol=1e-7)
+    g = torch.randn_like(out1)
+    (out1 * g).sum().backward()
+    (out2 * g).sum().backward()
+    torch.testing.assert_close(u1.grad, u2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_routing_without_gradients_or_with_a_trace_uses_the_loop():
+    u = torch.randn(3, 4, 5, 6, requires_grad=True)
+    trace = RoutingTrace([], [], [])
+    v_trace, _ = dynamic_routing(u, 3, trace=trace)
+    assert len(trace.c) == 3 and "Routing" not in type(v_trace.grad_fn).__name__
+    with torch.no_grad():
+        v_eval, _ = dynamic_routing(u, 3)
+    torch.testing.assert_close(v_eval, v_trace.detach())
