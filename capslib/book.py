@@ -100,9 +100,11 @@ MATHJAX_BUNDLE = "tex-chtml.js"
 #: ``nb_ipywidgets_js``; its ``data-assets-path`` names the manager's folder.
 WIDGETS_GLUE = "capslib/widgets-glue.js"
 _WIDGETS_GLUE_JS = r"""/* Written by capslib.book; loaded before the ipywidgets HTML manager.
- * 1. Fonts: the manager resolves its web fonts against the require.js URL of its
- *    own module, which without a `paths` entry is relative to the page (a 404).
- *    data-assets-path names the manager's folder; map the module there.
+ * 1. Fonts: each module of the manager's bundle (@jupyter-widgets/base, controls,
+ *    html-manager, ...) resolves its web fonts against its own require.js URL, which
+ *    without a `paths` entry is relative to the page (a 404, depending on which
+ *    module's stylesheet wins). data-assets-path names the manager's folder, which
+ *    holds the fonts; map every @jupyter-widgets module there.
  * 2. MathJax: ipywidgets 8 typesets widget labels with the MathJax v2 call
  *    MathJax.Hub.Queue, which throws under the book's MathJax v3; route it to
  *    MathJax.typesetPromise instead. */
@@ -112,7 +114,8 @@ _WIDGETS_GLUE_JS = r"""/* Written by capslib.book; loaded before the ipywidgets 
   var assets = me && me.getAttribute("data-assets-path");
   if (assets) {
     var base = new URL(assets, me.src).href;
-    var paths = {"@jupyter-widgets/html-manager/dist": base.replace(/\/$/, "")};
+    var folder = base.replace(/\/$/, "");
+    var paths = {"@jupyter-widgets": folder, "@jupyter-widgets/html-manager/dist": folder};
     window.__jupyter_widgets_assets_path__ = base;
     if (typeof window.require === "function" && window.require.config) {
       window.require.config({paths: paths});

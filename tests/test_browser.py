@@ -199,3 +199,17 @@ def test_page_loaded_only_local_resources(site, page):
               if entry["level"] == "SEVERE" and entry["source"] in ("javascript", "network")
               and "favicon.ico" not in entry["message"]]
     assert errors == []
+
+
+def test_every_widget_module_resolves_its_fonts_to_the_managers_folder(site, page):
+    """The manager's modules take their font URLs from their own require.js URLs; all of them must
+    point into the offline html-manager folder (else a font 404s, depending on load order)."""
+    folder = f"{site}/_static/offline/html-manager/"
+    for module in ("@jupyter-widgets/base", "@jupyter-widgets/controls", "@jupyter-widgets/html-manager",
+                   "@jupyter-widgets/html-manager/dist/libembed-amd"):
+        url = page.execute_script("return new URL(requirejs.toUrl(arguments[0]), document.baseURI).href", module)
+        assert url.startswith(folder) and url.rsplit("/", 1)[0] + "/" == folder, (module, url)
+    fonts = page.execute_script(  # the manager's fonts carry webpack's 20-hex-digit names
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(u => /\\/[0-9a-f]{20}\\.(woff2?|ttf)$/.test(u))")
+    assert fonts and all(u.startswith(folder) for u in fonts), fonts
