@@ -193,12 +193,11 @@ def routing_comparison(routings: Sequence[str] = STUDY_ROUTINGS, depths: Sequenc
     if not routings or not depths:
         raise ValueError("routing_comparison needs at least one routing and one depth")
     rows, splits = [], {}
-    for routing in routings:
-        for depth in depths:
-            data_cfg = depth_config(routing, depth, dataset=dataset, profile=profile, seed=seed, **overrides).data
-            data = splits.setdefault(data_cfg.to_json(), _LazyData(lambda d=data_cfg: load_splits(d)))
-            rows += depth_study(routing, dataset, (depth,), profile=profile, seed=seed, results_root=results_root,
-                                data=data, progress=progress, **overrides)
+    for routing in routings:  # the data section does not depend on the depth
+        data_cfg = depth_config(routing, depths[0], dataset=dataset, profile=profile, seed=seed, **overrides).data
+        data = splits.setdefault(data_cfg.to_json(), _LazyData(lambda d=data_cfg: load_splits(d)))
+        rows += depth_study(routing, dataset, depths, profile=profile, seed=seed, results_root=results_root,
+                            data=data, progress=progress, **overrides)
     return rows
 
 

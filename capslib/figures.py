@@ -36,7 +36,6 @@ import json
 import math
 import re
 import sys
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -183,8 +182,7 @@ def quiet_threads():
     """The book's CPU thread count (:data:`capslib.notebook.BOOK_CPU_THREADS`) and no library warnings."""
     from . import notebook as nb
 
-    with warnings.catch_warnings(), nb.cpu_threads(nb.BOOK_CPU_THREADS):
-        warnings.simplefilter("ignore", UserWarning)
+    with nb.quiet_run():
         yield
 
 

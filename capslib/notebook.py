@@ -62,6 +62,7 @@ __all__ = [
     "real_batch",
     "BOOK_CPU_THREADS",
     "cpu_threads",
+    "quiet_run",
     "run",
     "run_grid",
     "routing_study",
@@ -523,6 +524,18 @@ def book_threads(fn):
     return wrapper
 
 
+@contextmanager
+def quiet_run(cfg: Optional[RunConfig] = None):
+    """How the book runs library code: :data:`BOOK_CPU_THREADS` threads (unless ``cfg`` trains on a
+    GPU) and no library UserWarnings, which would clutter the chapters' outputs."""
+    from .provenance import resolve_device
+
+    threads = BOOK_CPU_THREADS if cfg is None or resolve_device(cfg.train.device).type == "cpu" else None
+    with warnings.catch_warnings(), cpu_threads(threads):
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def run(cfg: RunConfig, need_model: bool = False, experiment: str = "book"):
     """``cached_fit`` for the book: the stored result row of ``cfg`` (trained if missing) and the model.
 
@@ -531,11 +544,8 @@ def run(cfg: RunConfig, need_model: bool = False, experiment: str = "book"):
     A run on the CPU trains with :data:`BOOK_CPU_THREADS` threads.
     """
     from .cache import cached_fit
-    from .provenance import resolve_device
 
-    threads = BOOK_CPU_THREADS if resolve_device(cfg.train.device).type == "cpu" else None
-    with warnings.catch_warnings(), cpu_threads(threads):
-        warnings.simplefilter("ignore", UserWarning)  # library UserWarnings would clutter the book's outputs
+    with quiet_run(cfg):
         return cached_fit(cfg, experiment=experiment, need_model=need_model, data=load_data(cfg))
 
 
@@ -545,12 +555,8 @@ def routing_study(PROFILE: str, DATASET: Optional[str], SEED: int, routings: Seq
     stored in (and read from) ``results/seed002_depth/<profile>.csv``, the ``seed002_depth`` sweep's
     store; a run on the CPU trains with :data:`BOOK_CPU_THREADS` threads."""
     from .depth_study import depth_config, routing_comparison
-    from .provenance import resolve_device
 
-    cfg = depth_config(routings[0], depths[0], dataset=DATASET, profile=PROFILE, seed=SEED)
-    threads = BOOK_CPU_THREADS if resolve_device(cfg.train.device).type == "cpu" else None
-    with warnings.catch_warnings(), cpu_threads(threads):
-        warnings.simplefilter("ignore", UserWarning)
+    with quiet_run(depth_config(routings[0], depths[0], dataset=DATASET, profile=PROFILE, seed=SEED)):
         return routing_comparison(routings, depths, dataset=DATASET, profile=PROFILE, seed=SEED)
 
 
