@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from .results import parse_value
+from .atomic import check_writable
+from .results import ResultsStore, parse_value
 
 __all__ = ["parse_grid", "grid_points", "point_name", "run_batch", "register_cli"]
 
@@ -59,6 +60,21 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
     return {name: p.get("default") for name, p in params.items()}
 
 
+def describe_failure(err: BaseException, output: str) -> str:
+    """One line that says what failed: the notebook's own exception and cell, and where to look.
+
+    papermill's ``PapermillExecutionError`` prints as an empty string; its ``ename``/``evalue``
+    carry the error raised in the notebook."""
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if ename:
+        cell = getattr(err, "cell_index", None)
+        where = f" in cell {cell}" if isinstance(cell, int) else ""
+        text = f"{ename}: {evalue}" if evalue else str(ename)
+        return f"{text}{where} (the executed notebook, with the traceback, is {output})"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else "(no message)"
+    return f"{type(err).__name__}: {text} (output notebook {output})"
+
+
 @dataclass
 class BatchResult:
     outputs: list[Path]
@@ -82,7 +98,7 @@ def _execute(notebook: str, output: str, params: dict[str, Any], store: str) -> 
                             cwd=str(Path(notebook).resolve().parent), progress_bar=False)
         return None
     except Exception as err:  # recorded per point, the batch goes on
-        return f"{type(err).__name__}: {err}"
+        return describe_failure(err, output)
     finally:
         os.environ.clear()
         os.environ.update(env)
@@ -100,7 +116,7 @@ def run_batch(notebook: str | os.PathLike, grid: dict[str, list[Any]], name: Opt
         raise ValueError(f"unknown parameter(s) {unknown} for {notebook.name}; valid parameters: {valid}")
     name = name or notebook.stem
     out_dir = Path(runs_dir).resolve() / name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir, "--runs", folder=True)  # before any notebook runs
     points = grid_points(grid)
     jobs = []
     for point in points:
@@ -138,7 +154,7 @@ def run_batch(notebook: str | os.PathLike, grid: dict[str, list[Any]], name: Opt
         for csv in sorted(Path(store).glob("*/*.csv")):
             if csv.name.endswith("_report.csv"):
                 continue
-            df = pd.read_csv(csv)
+            df = ResultsStore(csv).read()  # validated: a damaged line is left out, with a warning
             for k, v in params.items():
                 df[f"param.{k}"] = v
             df["point"] = pname
@@ -157,7 +173,7 @@ def _cmd_papermill(args: argparse.Namespace) -> int:
     print(f"{len(res.outputs) - len(res.failed)} of {len(res.outputs)} notebooks executed into "
           f"{res.outputs[0].parent if res.outputs else args.runs}; {len(res.rows)} result rows -> {res.rows_path}")
     for pname, err in res.failed:
-        print(f"  failed {pname}: {err.splitlines()[0] if err else ''}")
+        print(f"  failed {pname}: {err.splitlines()[0] if err else '(no message)'}")
     return 1 if res.failed else 0
 
 

@@ -101,11 +101,36 @@ def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
                                help=_HELP.get(f.name, f.name.replace("_", " ")))
 
 
+def _config_file(path: str) -> RunConfig:
+    """A RunConfig JSON file, with errors that name the file and what is wrong with it."""
+    import json
+
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config {path}: cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config {path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {path}: expected a JSON object (a RunConfig, as 'capslib train' writes "
+                         f"under \"config\"), got {type(fields).__name__}")
+    if "config" in fields and "config_hash" in fields:  # a result JSON: take its config
+        fields = fields["config"]
+    try:
+        return RunConfig.from_dict(fields)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"--config {path}: not a valid RunConfig ({err})") from None
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Profile (or --config file) + the options the user gave."""
     if getattr(args, "config", None):
-        with open(args.config) as fh:
-            base = RunConfig.from_json(fh.read())
+        base = _config_file(args.config)
     else:
         base = profile(args.profile)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
@@ -113,19 +138,35 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .train import fit
 
     cfg = config_from_args(args)
+    out = args.out or f"runs/train-{cfg.config_hash()}.json"
+    check_writable(out, "--out")  # refused now, not after training
+    if args.checkpoint_dir:
+        check_writable(args.checkpoint_dir, "--checkpoint-dir", folder=True)
     print(f"capslib train: CapsNet[C={cfg.model.C}, D={cfg.model.D}, I={cfg.model.I}], {cfg.model.routing} routing, "
           f"{cfg.loss} loss, on {cfg.data.dataset} "
           f"(profile {cfg.profile}, config {cfg.config_hash()})", flush=True)
     result, _ = fit(cfg, checkpoint_dir=args.checkpoint_dir, progress=not args.quiet)
-    out = args.out or f"runs/train-{cfg.config_hash()}.json"
-    result.to_json(out)
+    try:
+        result.to_json(out)
+    except OSError as err:  # the path went bad during training: keep the result somewhere
+        import tempfile
+        from pathlib import Path
+
+        rescue = Path(tempfile.gettempdir()) / f"capslib-train-{cfg.config_hash()}.json"
+        result.to_json(rescue)
+        print(f"capslib train: error: could not write {out} ({err.strerror or err}); the result was saved to "
+              f"{rescue} instead", file=sys.stderr)
+        out = str(rescue)
     dead = ", ".join(f"{k} {v:.0%}" for k, v in result.dead_fraction.items())
     print(f"test accuracy {result.test_acc:.4f} | best val {result.best_val_acc:.4f} (epoch {result.best_epoch}) | "
           f"{result.params:,} params | {result.wall_time:.1f}s on {result.provenance['device']}")
     print(f"dead capsule types (test set): {dead}")
+    for w in result.warnings:
+        print(f"warning: {w}")
     print(f"result written to {out}")
     return 0
 

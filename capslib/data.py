@@ -9,6 +9,13 @@
   set with ``split_seed``; the test set is used only for the final report.
 * Normalisation uses the per-channel mean and std of the training split.
 
+* CIFAR-10's python files are pickles, and torchvision's loader unpickles them (unpickling can
+  run code). capslib therefore checks every file of ``cifar-10-batches-py/`` against the
+  published MD5 sums (torchvision's own list) *before* torchvision opens any of them, and
+  refuses a folder with a file that does not match (:func:`verify_cifar10`): a file planted
+  or damaged in the data folder is never unpickled. MNIST and Fashion-MNIST are plain
+  gzipped arrays, not pickles.
+
 Images stay uint8 in memory and are converted and normalised per batch, which
 is far faster than torchvision's per-image PIL transforms for these sizes.
 """
@@ -26,7 +33,7 @@ from torch import Tensor
 
 from .config import DATASETS, DataConfig, canonical_dataset
 
-__all__ = ["DatasetUnavailableError", "data_root", "load_raw", "DataSplits", "load_splits"]
+__all__ = ["DatasetUnavailableError", "data_root", "load_raw", "verify_cifar10", "DataSplits", "load_splits"]
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -54,9 +61,45 @@ def _torchvision_dataset(name: str, root: Path, train: bool, download: bool):
     return cls(str(root), train=train, download=download)
 
 
+def _md5(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_cifar10(root: str | os.PathLike) -> None:
+    """Check the CIFAR-10 pickles under ``root`` against the published MD5 sums before anything loads them.
+
+    Files that are absent are left to torchvision (which downloads them, or reports them missing).
+
+    Raises:
+        DatasetUnavailableError: naming the first file that does not match; it is not opened.
+    """
+    import torchvision.datasets as tvd
+
+    folder = Path(root) / tvd.CIFAR10.base_folder
+    if not folder.is_dir():
+        return
+    files = [*tvd.CIFAR10.train_list, *tvd.CIFAR10.test_list, [tvd.CIFAR10.meta["filename"], tvd.CIFAR10.meta["md5"]]]
+    for fname, md5 in files:
+        path = folder / fname
+        if path.exists() and _md5(path) != md5:
+            raise DatasetUnavailableError(
+                f"{path} does not match the published CIFAR-10 checksum (MD5 {md5}); capslib will not load it, "
+                f"since torchvision reads these files with pickle, which can run code. Delete {folder} to "
+                f"download a fresh copy, or replace the file with the original from "
+                f"https://www.cs.toronto.edu/~kriz/cifar.html.")
+
+
 @lru_cache(maxsize=8)
 def _load_raw_cached(name: str, root: str, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     path = Path(root)
+    if name == "cifar10":
+        verify_cifar10(path)  # before torchvision unpickles anything
     try:
         ds = _torchvision_dataset(name, path, train, download)
     except Exception as err:  # torchvision raises RuntimeError / URLError / OSError

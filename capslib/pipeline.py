@@ -35,15 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import save_atomic, save_text_atomic
+from .atomic import CheckpointError, check_writable, read_json, save_atomic, save_text_atomic
 from .config import RunConfig
 from .data import DataSplits, load_splits
 from .model import CapsNet, count_params
 from .provenance import provenance, resolve_device, capslib_version
-from .pruning import MODES, PrunePlan, chip_batches, ci_layer_scores, count_macs, make_plan, rebuild
+from .pruning import (LAYERS, MODES, PrunePlan, chip_batches, ci_layer_scores, count_macs, make_plan, pruned_config,
+                      rebuild)
 from .results import ResultsStore, run_row
 from .train import RunResult, evaluate, fit, load_model
 
@@ -57,6 +59,7 @@ __all__ = [
     "prune_pipeline",
     "depth_search",
     "stage_table",
+    "check_prunable",
     "register_cli",
 ]
 
@@ -247,11 +250,22 @@ class _Runner:
         """(RunConfig, RunResult, model) of a finished stage folder, or None."""
         if path is None or not (path / "result.json").exists():
             return None
-        stored = RunConfig.from_json((path / "config.json").read_text())
+        restart = f"this stage (or delete the folder {path})"
+        config_fields = read_json(path / "config.json", restart=restart, what="stage config")
+        try:
+            stored = RunConfig.from_dict(config_fields)
+        except (TypeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"stage config {path / 'config.json'} is not a capslib RunConfig ({err}). "
+                                  f"Delete {path} to rerun this stage, or restore the file.") from None
         if cfg is not None and stored.config_hash() != cfg.config_hash():
             raise ValueError(f"{path} belongs to another config ({stored.config_hash()} != {cfg.config_hash()}); "
                              "use a fresh checkpoint_dir")
-        result = RunResult(**json.loads((path / "result.json").read_text()))
+        fields = read_json(path / "result.json", restart=restart, what="stage result")
+        try:
+            result = RunResult(**fields)
+        except TypeError as err:
+            raise CheckpointError(f"stage result {path / 'result.json'} is not a capslib RunResult ({err}). "
+                                  f"Delete {path} to rerun this stage, or restore the file.") from None
         model = load_model(stored, path / "best.pt", device=str(self.device))
         return stored, result, model
 
@@ -350,7 +364,13 @@ def _prune_stage(run: _Runner, cfg: RunConfig, setup: _Setup, *, pr: float, mode
     done = run.load_finished(path)
     if done is not None:
         stored, result, model = done
-        plan = PrunePlan.from_json((path / "plan.json").read_text())
+        plan_fields = read_json(path / "plan.json", restart=f"this stage (or delete the folder {path})",
+                                what="prune plan")
+        try:
+            plan = PrunePlan.from_dict(plan_fields)
+        except (TypeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"prune plan {path / 'plan.json'} is not a capslib PrunePlan ({err}). "
+                                  f"Delete {path} to rerun this stage, or restore the file.") from None
         return run.record("pruned", stored, result, key, True, path, _plan_columns(plan)), plan, model, key
     run.say(f"[pruned] CHIP scores ({estimator}, {ci_batches}×{ci_batch_size} training images), PR={pr:g}, "
             f"mode={mode}")
@@ -443,6 +463,7 @@ def prune_pipeline(
     _check_pipeline_args(pr, mode, estimator, I, ci_batches, ci_batch_size)
     _check_epochs(epochs_base=epochs_base, epochs_ccm=epochs_ccm, epochs_retrain=epochs_retrain)
     _check_against_config(cfg, mode, I, slice_capsule_weights)
+    check_prunable(cfg, pr, mode=mode, I=I, slice_capsule_weights=slice_capsule_weights)
     a = _resolve_alpha(cfg, alpha)
     e = cfg.train.epochs
     eb, ec, er = epochs_base or e, epochs_ccm or e, epochs_retrain or e
@@ -509,6 +530,8 @@ def depth_search(
         raise ValueError(f"need integers 0 <= start_I <= max_I, got start_I={start_I!r}, max_I={max_I!r}")
     if pr is not None:
         _check_pipeline_args(pr, mode, estimator, base_I, ci_batches, ci_batch_size)
+        check_prunable(RunConfig(model=cfg.model.replace(I=base_I), data=cfg.data, train=cfg.train,
+                                 profile=cfg.profile), pr, mode=mode)
     _check_epochs(epochs=epochs, epochs_base=epochs_base, epochs_ccm=epochs_ccm)
     e = cfg.train.epochs
     ed = epochs or e
@@ -584,6 +607,33 @@ def _check_against_config(cfg: RunConfig, mode: str, I: Optional[int], slice_cap
     if slice_capsule_weights and I is not None and I != cfg.model.I:
         raise ValueError(f"slice_capsule_weights=True keeps the capsule layers, so I must stay {cfg.model.I} "
                          f"(got I={I}); rebuild with fresh capsule layers to change the depth")
+
+
+def check_prunable(cfg: RunConfig, pr: float, *, mode: str = "channel", I: Optional[int] = None,
+                   slice_capsule_weights: bool = False) -> PrunePlan:
+    """Plan the prune of ``cfg.model`` at ``pr`` now, before any training, and return that plan.
+
+    How many channels each layer loses depends only on the widths, PR and D, never on the CHIP
+    scores, so a plan made with placeholder scores fails exactly when the real one would (a layer
+    left with fewer than D channels, ...), and so does the rebuilt model's config.
+
+    Raises:
+        ValueError: naming the model, PR and what is wrong; nothing has been trained.
+    """
+    from .pruning import _check_sliceable
+
+    m = cfg.model
+    widths = (*m.widths, m.C * m.D)
+    try:
+        plan = make_plan(m, {name: np.arange(n, dtype=np.float64) for name, n in zip(LAYERS, widths)}, pr,
+                         mode=mode)
+        after = pruned_config(plan, I)
+        if slice_capsule_weights:
+            _check_sliceable(plan, after)
+    except ValueError as err:
+        raise ValueError(f"PR={pr:g} cannot be planned for CapsNet[C={m.C}, D={m.D}, I={m.I}] (widths "
+                         f"{'/'.join(map(str, m.widths))}, mode {mode}): {err}. Nothing was trained.") from None
+    return plan
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -664,6 +714,11 @@ def _cli_setup(args: argparse.Namespace, command: str):
     cfg = config_from_args(args)
     ckpt = args.checkpoint_dir or os.path.join("runs", f"{command}-{cfg.config_hash()}")
     store = ResultsStore(args.store) if args.store else ResultsStore.for_experiment(args.experiment, cfg.profile)
+    # every output is checked before any data is loaded or anything trains
+    check_writable(ckpt, "--checkpoint-dir", folder=True)
+    check_writable(store.path, "--store")
+    if args.out:
+        check_writable(args.out, "--out")
     if not args.quiet:
         print(f"capslib {command}: CapsNet[C={cfg.model.C}, D={cfg.model.D}, I={cfg.model.I}] on "
               f"{cfg.data.dataset} (profile {cfg.profile}, config {cfg.config_hash()})", flush=True)
@@ -681,6 +736,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     for pr in args.pr:  # refuse a bad ratio before loading data or training anything
         _check_pipeline_args(pr, args.mode, args.estimator, args.prune_I, args.ci_batches, args.ci_batch_size)
     cfg, ckpt, store = _cli_setup(args, "prune")
+    _check_against_config(cfg, args.mode, args.prune_I, args.slice_capsule_weights)
+    for pr in args.pr:  # every ratio planned now, not after stages 1-2 have trained
+        check_prunable(cfg, pr, mode=args.mode, I=args.prune_I, slice_capsule_weights=args.slice_capsule_weights)
     data = load_splits(cfg.data)
     results = []
     for pr in args.pr:
@@ -701,6 +759,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _cmd_depth(args: argparse.Namespace) -> int:
     cfg, ckpt, store = _cli_setup(args, "depth")
+    if args.pr is not None:
+        _check_pipeline_args(args.pr, args.mode, args.estimator, args.base_I, args.ci_batches, args.ci_batch_size)
+        check_prunable(RunConfig(model=cfg.model.replace(I=args.base_I), data=cfg.data, train=cfg.train,
+                                 profile=cfg.profile), args.pr, mode=args.mode)
     res = depth_search(cfg, args.pr, args.max_I, start_I=args.start_I, base_I=args.base_I, epochs=args.epochs_depth,
                        alpha=args.alpha, mode=args.mode, estimator=args.estimator, epochs_base=args.epochs_base,
                        epochs_ccm=args.epochs_ccm, ci_batches=args.ci_batches, ci_batch_size=args.ci_batch_size,

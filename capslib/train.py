@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import save_atomic, save_text_atomic
+from .atomic import CheckpointError, load_checkpoint, save_atomic, save_text_atomic
 from .config import RunConfig
 from .data import DataSplits, load_splits
 from .losses import total_loss
@@ -73,6 +73,7 @@ class RunResult:
     collapsed: bool
     probe: dict[str, Any]
     provenance: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # e.g. "finished at chance" (see _chance_warnings)
 
     @property
     def dead_fraction(self) -> dict[str, float]:
@@ -164,15 +165,21 @@ def fit(
         ckpt.mkdir(parents=True, exist_ok=True)
         last = ckpt / "last.pt"
         if last.exists():
-            state = torch.load(last, map_location=device, weights_only=True)
+            restart = f"this run (or delete the folder {ckpt})"
+            state = load_checkpoint(last, device, keys=_LAST_KEYS, restart=restart)
             if state["config_hash"] != cfg.config_hash():
                 raise ValueError(f"{last} belongs to another config ({state['config_hash']} != {cfg.config_hash()}); "
                                  "use a fresh checkpoint_dir")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            history = json.loads(state["history"])
-            start_epoch, best_score, best_epoch = int(state["epoch"]), float(state["best_score"]), int(state["best_epoch"])
-            best_state = torch.load(ckpt / "best.pt", map_location=device, weights_only=True)
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                history = json.loads(state["history"])
+                start_epoch, best_score, best_epoch = int(state["epoch"]), float(state["best_score"]), int(state["best_epoch"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                raise CheckpointError(f"checkpoint {last} does not fit this run ({first}). Delete it to restart "
+                                      f"{restart} from scratch, or restore it from a backup.") from None
+            best_state = load_checkpoint(ckpt / "best.pt", device, restart=restart)
 
     t_start = time.perf_counter() - sum(h["wall_time"] for h in history)
     epochs_run = 0
@@ -196,7 +203,12 @@ def fit(
                 else:
                     loss, margin, ccm = total_loss(out.lengths.float(), y, maps, tc.alpha, tc.ccm_detached)
             if not torch.isfinite(loss):
-                where = f"; the last good checkpoint is {ckpt / 'last.pt'}" if ckpt is not None else ""
+                where = ""
+                if ckpt is not None and (ckpt / "last.pt").exists():
+                    where = f"; the last good checkpoint is {ckpt / 'last.pt'} (end of epoch {epoch})"
+                elif ckpt is not None:
+                    where = (f"; no checkpoint was written yet (the first, {ckpt / 'last.pt'}, is saved at the end "
+                             f"of epoch 1), so this run restarts from scratch")
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
                     f"(margin {margin.item():.4g}, ccm {ccm.item():.4g}){where}. "
@@ -265,8 +277,30 @@ def fit(
         collapsed=_is_collapsed(history, data.num_classes, tc.collapse_epochs),
         probe=final_probe.to_dict(),
         provenance=provenance(device),
+        warnings=_chance_warnings(cfg, test_acc, data.num_classes),
     )
     return result, model
+
+
+#: What a ``last.pt`` written by :func:`fit` holds.
+_LAST_KEYS = ("model", "optimizer", "epoch", "history", "best_score", "best_epoch", "config_hash")
+
+
+def _chance_warnings(cfg: RunConfig, test_acc: float, num_classes: int) -> list[str]:
+    """A flag for a run that finished at chance (within 2 points of 1/classes), with the likely cause."""
+    chance = 1.0 / num_classes
+    if not test_acc <= chance + 0.02:
+        return []
+    lr = cfg.train.lr
+    if lr >= 0.05:
+        hint = f"lr={lr:g} is far above Adam's usual 1e-4..1e-2; try --lr 1e-3"
+    elif lr <= 1e-6:
+        hint = f"lr={lr:g} is too small to move the weights; try --lr 1e-3"
+    else:
+        hint = ("check the learning rate, init_std (0.01 collapses) and the depth I (deep CapsNets collapse: "
+                "the paper's subject)")
+    return [f"finished at chance: test accuracy {test_acc:.1%}, chance {chance:.1%} for {num_classes} classes; "
+            f"the model learned nothing ({hint})"]
 
 
 def load_model(config: RunConfig | dict | str, state_path: str | os.PathLike, device: str = "cpu") -> CapsNet:
@@ -276,6 +310,12 @@ def load_model(config: RunConfig | dict | str, state_path: str | os.PathLike, de
     elif isinstance(config, dict):
         config = RunConfig.from_dict(config)
     model = CapsNet(config.model)
-    state = torch.load(state_path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    state = load_checkpoint(state_path, device)
+    try:
+        model.load_state_dict(state["model"] if "model" in state else state)
+    except (RuntimeError, TypeError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"checkpoint {state_path} does not fit CapsNet[C={config.model.C}, D={config.model.D}, "
+                              f"I={config.model.I}] ({first}). Delete it to rerun the run that wrote it, or restore "
+                              f"it from a backup.") from None
     return model.to(device)
