@@ -10,10 +10,10 @@
 * Normalisation uses the per-channel mean and std of the training split.
 
 * CIFAR-10's python files are pickles, and torchvision's loader unpickles them (unpickling can
-  run code). capslib therefore checks every file of ``cifar-10-batches-py/`` against the
-  published MD5 sums (torchvision's own list) *before* torchvision opens any of them, and
-  refuses a folder with a file that does not match (:func:`verify_cifar10`): a file planted
-  or damaged in the data folder is never unpickled. MNIST and Fashion-MNIST are plain
+  run code). torchvision checks their MD5 sums first; capslib does so itself as well, before
+  torchvision is called (:func:`verify_cifar10`, with torchvision's list of the published sums),
+  and refuses with a message naming the file: a file planted or damaged in the data folder is
+  never unpickled, and the user learns which one it is. MNIST and Fashion-MNIST are plain
   gzipped arrays, not pickles.
 
 Images stay uint8 in memory and are converted and normalised per batch, which
@@ -61,16 +61,6 @@ def _torchvision_dataset(name: str, root: Path, train: bool, download: bool):
     return cls(str(root), train=train, download=download)
 
 
-def _md5(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_cifar10(root: str | os.PathLike) -> None:
     """Check the CIFAR-10 pickles under ``root`` against the published MD5 sums before anything loads them.
 
@@ -80,6 +70,7 @@ def verify_cifar10(root: str | os.PathLike) -> None:
         DatasetUnavailableError: naming the first file that does not match; it is not opened.
     """
     import torchvision.datasets as tvd
+    import torchvision.datasets.cifar as tv_cifar
 
     folder = Path(root) / tvd.CIFAR10.base_folder
     if not folder.is_dir():
@@ -87,7 +78,7 @@ def verify_cifar10(root: str | os.PathLike) -> None:
     files = [*tvd.CIFAR10.train_list, *tvd.CIFAR10.test_list, [tvd.CIFAR10.meta["filename"], tvd.CIFAR10.meta["md5"]]]
     for fname, md5 in files:
         path = folder / fname
-        if path.exists() and _md5(path) != md5:
+        if path.exists() and not tv_cifar.check_integrity(str(path), md5):  # torchvision's own MD5 check
             raise DatasetUnavailableError(
                 f"{path} does not match the published CIFAR-10 checksum (MD5 {md5}); capslib will not load it, "
                 f"since torchvision reads these files with pickle, which can run code. Delete {folder} to "
