@@ -46,7 +46,7 @@ def cached_fit(cfg: RunConfig, experiment: str = "book", need_model: bool = Fals
         model = None
         if need_model:
             device = resolve_device(cfg.train.device)
-            model = CapsNet(cfg.model).to(device)
+            model = CapsNet(cfg.model).to(device=device, dtype=cfg.train.torch_dtype)
             model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
             model.eval()
         return parse_row(row), model

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .routing import dynamic_routing, squash
+from . import fused_routing
+from .routing import SQUASH_EPS, dynamic_routing, routing_dtype, squash
 
-__all__ = ["PrimaryCaps", "ConvCaps", "ClassCaps", "capsule_votes", "unfold_capsules"]
+__all__ = ["PrimaryCaps", "ConvCaps", "ClassCaps", "capsule_votes", "unfold_capsules", "use_fused_routing"]
 
 
 def capsule_votes(u: Tensor, weight: Tensor, contiguous: bool = True) -> Tensor:
@@ -43,25 +44,56 @@ def capsule_votes(u: Tensor, weight: Tensor, contiguous: bool = True) -> Tensor:
     return votes.contiguous() if contiguous else votes
 
 
-def unfold_capsules(u: Tensor, kernel: int, stride: int, padding: int) -> tuple[Tensor, int, int]:
+def unfold_capsules(u: Tensor, kernel: int, stride: int, padding: int,
+                    layout: str = "channel") -> tuple[Tensor, int, int]:
     """Gather each output location's k×k×C window of input capsules.
 
     Args:
         u: (B, H, W, C, D).
+        layout: "channel" (correct): child = the D dims of one type at one window position.
+            "reshape" (the authors' code, trap 2 of DESIGN.md): the capsule memory, in the
+            (B, H, W, C, D) order, is re-viewed as an NCHW map (B, C·D, H, W) with no permute,
+            unfolded, and the (B, C·D·k·k, L) unfold output is re-viewed as (B, L, k·k·C, D), again
+            with no permute: a "child" is then D consecutive unfold values (mostly one input channel
+            at one kernel offset over D consecutive locations).
 
     Returns:
-        windows: (B·L, k·k·C, D) with L = Ho·Wo; child index = kernel_pos·C + type.
+        windows: (B·L, k·k·C, D) with L = Ho·Wo; child index = kernel_pos·C + type ("channel").
         Ho, Wo: output grid size.
     """
     B, H, W, C, D = u.shape
-    x = u.permute(0, 3, 4, 1, 2).reshape(B, C * D, H, W)  # (B, C·D, H, W), channel = type·D + dim
-    cols = F.unfold(x, kernel_size=kernel, stride=stride, padding=padding)  # (B, C·D·k·k, L)
     Ho = (H + 2 * padding - kernel) // stride + 1
     Wo = (W + 2 * padding - kernel) // stride + 1
     L = Ho * Wo
+    if layout == "reshape":
+        x = u.reshape(B, C * D, H, W)  # (B, C·D, H, W): the (H, W, C, D) memory read as NCHW, no permute
+        cols = F.unfold(x, kernel_size=kernel, stride=stride, padding=padding)  # (B, C·D·k·k, L)
+        return cols.reshape(B * L, kernel * kernel * C, D), Ho, Wo  # plain re-view, no permute
+    if layout != "channel":
+        raise ValueError(f"layout must be 'channel' or 'reshape', got {layout!r}")
+    x = u.permute(0, 3, 4, 1, 2).reshape(B, C * D, H, W)  # (B, C·D, H, W), channel = type·D + dim
+    cols = F.unfold(x, kernel_size=kernel, stride=stride, padding=padding)  # (B, C·D·k·k, L)
     cols = cols.view(B, C, D, kernel * kernel, L)  # unfold orders (channel, kernel_pos)
     cols = cols.permute(0, 4, 3, 1, 2)  # (B, L, k·k, C, D)
     return cols.reshape(B * L, kernel * kernel * C, D), Ho, Wo
+
+
+def use_fused_routing(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every ConvCaps/ClassCaps of ``model`` to the fused CPU kernel (``enabled``, the
+    default wherever it runs) or to the PyTorch path (which e.g. ``FlopCounterMode`` can see into).
+    Same numbers either way, to rounding. Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, (ConvCaps, ClassCaps)):
+            m.fused = enabled
+    return model
+
+
+def _checkpointed(layer: nn.Module, u: Tensor) -> bool:
+    """Whether a capsule layer recomputes its votes in backward by gradient checkpointing: only on
+    the PyTorch path (the fused kernel keeps no votes for backward in the first place)."""
+    if not (layer.recompute and torch.is_grad_enabled() and u.requires_grad):
+        return False
+    return not (layer.fused and fused_routing.usable(u, layer.weight))
 
 
 class PrimaryCaps(nn.Module):
@@ -74,11 +106,11 @@ class PrimaryCaps(nn.Module):
     """
 
     def __init__(self, in_channels: int, C: int, D: int, kernel: int = 3, stride: int = 2,
-                 padding: int = 0, layout: str = "channel"):
+                 padding: int = 0, layout: str = "channel", squash_eps: float = SQUASH_EPS):
         super().__init__()
         if layout not in ("channel", "reshape"):
             raise ValueError(f"layout must be 'channel' or 'reshape', got {layout!r}")
-        self.C, self.D, self.layout = C, D, layout
+        self.C, self.D, self.layout, self.squash_eps = C, D, layout, squash_eps
         self.conv = nn.Conv2d(in_channels, C * D, kernel, stride=stride, padding=padding)
 
     def group(self, conv_out: Tensor) -> Tensor:
@@ -92,7 +124,7 @@ class PrimaryCaps(nn.Module):
         """Returns (capsules (B, H, W, C, D), conv output (B, C·D, H, W) before squash)."""
         pre = self.conv(x)
         with torch.autocast(device_type=pre.device.type, enabled=False):
-            caps = squash(self.group(pre).float())
+            caps = squash(routing_dtype(self.group(pre)), eps=self.squash_eps)
         return caps, pre
 
 
@@ -111,25 +143,34 @@ class ConvCaps(nn.Module):
     """
 
     def __init__(self, Cin: int, Din: int, Cout: int, Dout: int, kernel: int = 3, stride: int = 1,
-                 padding: int = 1, iters: int = 3, init_std: float = 0.3, recompute: bool = True):
+                 padding: int = 1, iters: int = 3, init_std: float = 0.3, recompute: bool = True,
+                 squash_eps: float = SQUASH_EPS, layout: str = "channel"):
         super().__init__()
+        if layout not in ("channel", "reshape"):
+            raise ValueError(f"layout must be 'channel' or 'reshape', got {layout!r}")
+        self.layout = layout  # window layout of unfold_capsules: "reshape" = the authors' code
         self.Cout, self.Dout = Cout, Dout
         self.kernel, self.stride, self.padding, self.iters = kernel, stride, padding, iters
-        self.recompute = recompute
+        self.recompute, self.squash_eps = recompute, squash_eps
+        self.fused = True  # route with capslib.fused_routing where it runs (CPU); False: the PyTorch path
         self.weight = nn.Parameter(torch.randn(kernel * kernel * Cin, Cout, Dout, Din) * init_std)
 
     def _route(self, u: Tensor) -> Tensor:
         B = u.shape[0]
-        windows, Ho, Wo = unfold_capsules(u, self.kernel, self.stride, self.padding)  # (B·L, 9Cin, Din)
-        u_hat = capsule_votes(windows, self.weight.float(), contiguous=False)  # (B·L, Cout, 9Cin, Dout)
-        v, _ = dynamic_routing(u_hat, self.iters)  # (B·L, Cout, Dout)
+        windows, Ho, Wo = unfold_capsules(u, self.kernel, self.stride, self.padding, self.layout)  # (B·L, 9Cin, Din)
+        weight = self.weight.to(u.dtype)  # (9Cin, Cout, Dout, Din)
+        if self.fused and fused_routing.usable(windows, weight):  # votes never materialised (capslib.fused_routing)
+            v = fused_routing.route(windows, weight, self.iters, self.squash_eps)  # (B·L, Cout, Dout)
+        else:
+            u_hat = capsule_votes(windows, weight, contiguous=False)  # (B·L, Cout, 9Cin, Dout)
+            v, _ = dynamic_routing(u_hat, self.iters, eps=self.squash_eps)  # (B·L, Cout, Dout)
         return v.view(B, Ho, Wo, self.Cout, self.Dout)
 
     def forward(self, u: Tensor) -> Tensor:
         """(B, H, W, Cin, Din) -> (B, Ho, Wo, Cout, Dout)."""
         with torch.autocast(device_type=u.device.type, enabled=False):
-            u = u.float()
-            if self.recompute and torch.is_grad_enabled() and u.requires_grad:
+            u = routing_dtype(u)
+            if _checkpointed(self, u):
                 return checkpoint(self._route, u, use_reentrant=False)
             return self._route(u)
 
@@ -142,21 +183,26 @@ class ClassCaps(nn.Module):
     """
 
     def __init__(self, num_inputs: int, Din: int, num_classes: int, Dout: int = 16, iters: int = 3,
-                 init_std: float = 0.3, recompute: bool = True):
+                 init_std: float = 0.3, recompute: bool = True, squash_eps: float = SQUASH_EPS):
         super().__init__()
-        self.iters, self.recompute = iters, recompute
+        self.iters, self.recompute, self.squash_eps = iters, recompute, squash_eps
+        self.fused = True  # as in ConvCaps
         self.weight = nn.Parameter(torch.randn(num_inputs, num_classes, Dout, Din) * init_std)
 
     def _route(self, u: Tensor) -> Tensor:
         B = u.shape[0]
-        u_hat = capsule_votes(u.reshape(B, -1, u.shape[-1]), self.weight.float())  # (B, N, K, M)
-        v, _ = dynamic_routing(u_hat, self.iters)  # (B, N, M)
+        children = u.reshape(B, -1, u.shape[-1])  # (B, K, D)
+        weight = self.weight.to(u.dtype)  # (K, N, M, D)
+        if self.fused and fused_routing.usable(children, weight):
+            return fused_routing.route(children, weight, self.iters, self.squash_eps)  # (B, N, M)
+        u_hat = capsule_votes(children, weight)  # (B, N, K, M)
+        v, _ = dynamic_routing(u_hat, self.iters, eps=self.squash_eps)  # (B, N, M)
         return v
 
     def forward(self, u: Tensor) -> Tensor:
         """(B, H, W, C, D) -> (B, N, M)."""
         with torch.autocast(device_type=u.device.type, enabled=False):
-            u = u.float()
-            if self.recompute and torch.is_grad_enabled() and u.requires_grad:
+            u = routing_dtype(u)
+            if _checkpointed(self, u):
                 return checkpoint(self._route, u, use_reentrant=False)
             return self._route(u)

@@ -57,9 +57,12 @@ from typing import Iterable, Union
 
 import torch
 
-__all__ = ["ESTIMATORS", "channel_independence", "ci_scores"]
+from .config import CHIP_ESTIMATORS
 
-ESTIMATORS = ("per_image", "batch_mean")
+__all__ = ["ESTIMATORS", "channel_independence", "ci_scores", "authors_channel_independence"]
+
+#: "per_image" (CHIP), "batch_mean", "batch_mean_r4" (the paper authors' code); see :func:`ci_scores`.
+ESTIMATORS = CHIP_ESTIMATORS
 
 QUAD_STEP = 0.25        # trapezoid step h in s = log(x / sigma_max); a-priori relative error 1.7e-14
 QUAD_X_HI = 1e5         # upper end of the grid in units of sigma_max; beyond it: geometric tail
@@ -133,6 +136,23 @@ def _channel_independence_block(F: torch.Tensor) -> torch.Tensor:
     return ci.masked_fill(dead, 0.0)
 
 
+def authors_channel_independence(mean_map: torch.Tensor) -> torch.Tensor:
+    """CI of one batch-mean map the way the paper authors' code computes it (DESIGN.md §3b).
+
+    mean_map: (C, H, W) or (C, P), the batch mean of a layer's feature maps. It is rounded to
+    4 decimals, and CI(c) = ||F||_* - ||F with row c zeroed||_* with one float32 nuclear norm
+    (an SVD) per channel - C + 1 float32 SVDs, as their loop does. Returns (C,) float64 on CPU.
+    Kept as a faithful-reproduction switch: the rounding zeroes maps whose mean is below 5e-5 and
+    the float32 differences of nuclear norms lose ~1e-5 relative, which can reorder low scores.
+    """
+    F = torch.round(mean_map.detach().float().flatten(1).cpu(), decimals=4)  # (C, P) float32
+    C = F.shape[0]
+    zeroed = F.expand(C, *F.shape).clone()  # (C, C, P): copy c has row c zeroed
+    zeroed[torch.arange(C), torch.arange(C)] = 0.0
+    full = torch.linalg.matrix_norm(F, ord="nuc")  # () float32
+    return (full - torch.linalg.matrix_norm(zeroed, ord="nuc")).double()  # (C,)
+
+
 def ci_scores(
     maps: Union[torch.Tensor, Iterable[torch.Tensor]], *, estimator: str = "per_image"
 ) -> torch.Tensor:
@@ -142,8 +162,11 @@ def ci_scores(
     e.g. 5 batches of 128 images; all batches must have the same C).
     estimator:
       "per_image"  - CHIP (Sui et al. 2021): CI of each image, averaged over all images.
-      "batch_mean" - the paper authors' code: average the maps over the images of
-                     each batch, CI of that one mean map, averaged over batches.
+      "batch_mean" - average the maps over the images of each batch, CI of that one
+                     mean map (exact, float64), averaged over batches.
+      "batch_mean_r4" - the paper authors' code: as "batch_mean", but the mean map is
+                     rounded to 4 decimals and CI uses float32 nuclear norms
+                     (:func:`authors_channel_independence`).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
@@ -161,9 +184,12 @@ def ci_scores(
         if estimator == "per_image":
             ci = channel_independence(batch).sum(0)  # (C,) sum over the batch's images
             count += batch.shape[0]
-        else:
+        elif estimator == "batch_mean":
             mean_map = batch.to(torch.float64).mean(0, keepdim=True)  # (1, C, H, W)
             ci = channel_independence(mean_map)[0]  # (C,)
+            count += 1
+        else:  # "batch_mean_r4"
+            ci = authors_channel_independence(batch.float().mean(0))  # (C,) from the (C, H, W) mean map
             count += 1
         total = ci.cpu() if total is None else total + ci.cpu()
     if total is None:

@@ -26,6 +26,7 @@ from typing import Any, Optional
 __all__ = [
     "ConfigError",
     "ROUTINGS",
+    "DTYPES",
     "DATASETS",
     "ModelConfig",
     "DataConfig",
@@ -33,6 +34,12 @@ __all__ = [
     "RunConfig",
     "PROFILES",
     "profile",
+    "PRESETS",
+    "PRUNE_RULES",
+    "CHIP_ESTIMATORS",
+    "apply_preset",
+    "authors_preset",
+    "preset_of",
 ]
 
 
@@ -46,6 +53,20 @@ ROUTINGS = ("dynamic", "em", "self", "vb")
 #: configs while they hold their defaults, so adding them kept every existing hash (and cache).
 _ALT_ROUTING_FIELDS = ("em_final_lambda", "vb_alpha0", "vb_kappa0", "vb_psi0", "vb_nu0")
 
+
+#: Training dtypes of :attr:`TrainConfig.dtype`.
+DTYPES = ("float32", "float64")
+#: TrainConfig fields added after results were stored: left out of the config hash while they hold
+#: their defaults, so adding them kept every existing hash (and cache).
+_LATE_TRAIN_FIELDS = ("dtype",)
+#: ModelConfig fields added after results were stored (the authors' preset, issue 10): left out of the
+#: config hash while they hold their defaults, so adding them kept every existing hash (and cache).
+_LATE_MODEL_FIELDS = ("convcaps_layout", "class_init_std", "squash_eps", "prune_rule", "chip_estimator",
+                      "prune_bn")
+#: Prune-count rules of :attr:`ModelConfig.prune_rule` (see :func:`capslib.pruning.prune_count`).
+PRUNE_RULES = ("paper", "authors")
+#: CHIP estimators (see :func:`capslib.chip.ci_scores`); ``capslib.chip.ESTIMATORS`` is this tuple.
+CHIP_ESTIMATORS = ("per_image", "batch_mean", "batch_mean_r4")
 
 #: Dataset name -> (input channels, image size, number of classes).
 DATASETS: dict[str, tuple[int, int, int]] = {
@@ -173,6 +194,28 @@ class ModelConfig(_JsonMixin):
     vb_kappa0: float = 1.0
     vb_psi0: float = 1.0
     vb_nu0: float = 0.0
+    # -- late fields (issue 10; :data:`_LATE_MODEL_FIELDS`), each one of the authors' choices ----------
+    #: ConvCaps window layout. "channel" (default, correct): a child capsule of a 3×3 window is the D
+    #: channels of one type at one window position. "reshape": the authors' code - the capsule memory
+    #: re-viewed as (B, C·D, G, G) with no permute, ``F.unfold``, and the (B, C·D·9, L) unfold output
+    #: re-viewed as (B, L, 9·C, D) with no permute (trap 2; :func:`capslib.capsules.unfold_capsules`).
+    convcaps_layout: str = "channel"
+    #: std of the ClassCaps weight init; None means ``init_std`` (the authors use 0.5 / 0.1).
+    class_init_std: Optional[float] = None
+    #: Squash epsilon of every capsule layer: v = s·‖s‖²/((1+‖s‖²)·sqrt(‖s‖²+ε)). A length below √ε maps
+    #: to about ‖s‖³/√ε, so ε moves where deep lengths underflow to exactly zero. Authors: 1e-6.
+    squash_eps: float = 1e-8
+    #: How many channels a prune removes (:func:`capslib.pruning.prune_count`): "paper" (§3.4: PR·n
+    #: rounded UP to a multiple of D) or "authors" (their code: int(PR·n) rounded DOWN to a multiple
+    #: of D, at least D).
+    prune_rule: str = "paper"
+    #: CHIP estimator used when a prune does not name one (:func:`capslib.chip.ci_scores`):
+    #: "per_image" (CHIP), "batch_mean" (CI of each batch's mean map), "batch_mean_r4" (the authors'
+    #: code: the batch-mean map rounded to 4 decimals, nuclear norms in float32).
+    chip_estimator: str = "per_image"
+    #: BatchNorm of a rebuilt (pruned) model: "copy" (default: kept channels' affine parameters and
+    #: running statistics, trap 8) or "fresh" (the authors' code: new BatchNorm layers).
+    prune_bn: str = "copy"
 
     def __post_init__(self) -> None:
         for name in ("C", "D", "num_classes", "class_dim", "in_channels", "image_size"):
@@ -198,6 +241,19 @@ class ModelConfig(_JsonMixin):
             _check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         _check(self.vb_nu0 == 0 or self.vb_nu0 > self.D - 1,
                f"vb_nu0 must be 0 (meaning D + 1) or > D - 1 = {self.D - 1}, got {self.vb_nu0}")
+        _check(self.convcaps_layout in ("channel", "reshape"),
+               f"convcaps_layout must be 'channel' or 'reshape', got {self.convcaps_layout!r}")
+        if self.routing != "dynamic":
+            _check(self.convcaps_layout == "channel",
+                   f"convcaps_layout 'reshape' reproduces the authors' dynamic-routing code only; "
+                   f"use 'channel' with routing {self.routing!r}")
+        _check(self.class_init_std is None or self.class_init_std > 0,
+               f"class_init_std must be None (= init_std) or > 0, got {self.class_init_std}")
+        _check(self.squash_eps > 0, f"squash_eps must be > 0 (squash(0) would be NaN), got {self.squash_eps}")
+        _check(self.prune_rule in PRUNE_RULES, f"prune_rule must be one of {PRUNE_RULES}, got {self.prune_rule!r}")
+        _check(self.chip_estimator in CHIP_ESTIMATORS,
+               f"chip_estimator must be one of {CHIP_ESTIMATORS}, got {self.chip_estimator!r}")
+        _check(self.prune_bn in ("copy", "fresh"), f"prune_bn must be 'copy' or 'fresh', got {self.prune_bn!r}")
         object.__setattr__(self, "backbone_kernels", _as_tuple(self.backbone_kernels, 3, "backbone_kernels"))
         object.__setattr__(self, "backbone_strides", _as_tuple(self.backbone_strides, 3, "backbone_strides"))
         object.__setattr__(self, "backbone_padding", _as_tuple(self.backbone_padding, 3, "backbone_padding"))
@@ -248,6 +304,11 @@ class ModelConfig(_JsonMixin):
     def grid(self) -> int:
         """Side of the capsule grid (PrimaryCaps and IntermediateCaps)."""
         return self.feature_sizes()[-1][1]
+
+    @property
+    def class_std(self) -> float:
+        """std of the ClassCaps weight init: ``class_init_std``, or ``init_std`` when that is None."""
+        return self.init_std if self.class_init_std is None else self.class_init_std
 
 
 @dataclass(frozen=True)
@@ -306,6 +367,9 @@ class TrainConfig(_JsonMixin):
     #: (Hinton et al. 2018: Σ_{i≠t} max(0, m − (a_t − a_i))², m rising linearly from 0.2 to 0.9
     #: over the run), or "auto" = spread for routing "em" and "vb", margin otherwise.
     loss: str = "auto"
+    #: Parameter and activation dtype: "float32" (default) or "float64" (slower; for checking
+    #: whether a collapse is a matter of floating-point precision). AMP applies to float32 only.
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
@@ -319,6 +383,15 @@ class TrainConfig(_JsonMixin):
         _check(self.collapse_epochs >= 1, f"collapse_epochs must be >= 1, got {self.collapse_epochs}")
         _check(self.loss in ("auto", "margin", "spread"),
                f"loss must be 'auto', 'margin' or 'spread', got {self.loss!r}")
+        _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check(not (self.amp and self.dtype == "float64"), "amp (bf16 autocast) cannot be combined with dtype 'float64'")
+
+    @property
+    def torch_dtype(self):
+        """:attr:`dtype` as a torch dtype (the model's parameters and activations)."""
+        import torch
+
+        return getattr(torch, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -365,6 +438,8 @@ class RunConfig(_JsonMixin):
         d["train"].pop("device", None)
         d.pop("profile", None)
         _drop_unused_routing_fields(self.model, d["model"], d["train"])
+        _drop_late_defaults(d["train"])
+        _drop_late_model_defaults(d["model"])
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -384,6 +459,20 @@ class RunConfig(_JsonMixin):
         if self.train.loss != "auto":
             return self.train.loss
         return "spread" if self.model.routing in ("em", "vb") else "margin"
+
+
+def _drop_late_defaults(train_dict: dict[str, Any]) -> None:
+    """Remove the TrainConfig fields of :data:`_LATE_TRAIN_FIELDS` while they hold their defaults."""
+    for name in _LATE_TRAIN_FIELDS:
+        if train_dict.get(name) == TrainConfig.__dataclass_fields__[name].default:
+            train_dict.pop(name)
+
+
+def _drop_late_model_defaults(model_dict: dict[str, Any]) -> None:
+    """Remove the ModelConfig fields of :data:`_LATE_MODEL_FIELDS` while they hold their defaults."""
+    for name in _LATE_MODEL_FIELDS:
+        if name in model_dict and model_dict[name] == ModelConfig.__dataclass_fields__[name].default:
+            model_dict.pop(name)
 
 
 def _drop_unused_routing_fields(model: ModelConfig, model_dict: dict[str, Any], train_dict: dict[str, Any]) -> None:
@@ -434,16 +523,80 @@ PROFILES = {
 }
 
 
-def profile(name: str, **overrides: Any) -> RunConfig:
-    """Return the named profile with ``model.X`` / ``data.X`` / ``train.X`` or bare-name overrides.
+def profile(name: str, preset: Optional[str] = None, **overrides: Any) -> RunConfig:
+    """Return the named profile with a :data:`PRESETS` entry applied (when given), then ``model.X`` /
+    ``data.X`` / ``train.X`` or bare-name overrides.
 
     >>> profile("smoke", C=4, epochs=2).model.C
     4
+    >>> profile("smoke", preset="authors").model.squash_eps
+    1e-06
     """
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     cfg = PROFILES[name]()
+    if preset is not None:
+        cfg = apply_preset(cfg, preset)
     return apply_overrides(cfg, **overrides)
+
+
+# ----------------------------------------------------------------------------- presets
+#
+# A preset is a set of field values, nothing more: applying one writes ordinary config fields, so a
+# result row (which stores every field) records it, and :func:`preset_of` reads it back from a
+# config. "default" is the companion's corrected behaviour; "authors" reproduces every choice of the
+# authors' public code that DESIGN.md §3 / §3b lists.
+
+#: preset name -> {"model": {...}, "train": {...}} field values.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {
+        "model": {"capsule_layout": "channel", "convcaps_layout": "channel", "init_std": 0.3,
+                  "class_init_std": None, "squash_eps": 1e-8, "prune_rule": "paper",
+                  "chip_estimator": "per_image", "prune_bn": "copy"},
+        "train": {"ccm_detached": False, "select_on": "val"},
+    },
+    "authors": {
+        "model": {
+            "capsule_layout": "reshape",        # PrimaryCaps: conv_out.view(B, n_caps, D), no permute
+            "convcaps_layout": "reshape",       # ConvCaps: unfold output viewed as (B, L, 9C, D), no permute
+            "init_std": 0.5,                    # ConvCaps weights ~ N(0, 0.5²)
+            "class_init_std": 0.1,              # class capsule weights ~ N(0, 0.1²)
+            "squash_eps": 1e-6,                 # squash: sqrt(‖s‖² + 1e-6)
+            "prune_rule": "authors",            # n = int(PR·ch); n > D: n -= n % D; else n = D
+            "chip_estimator": "batch_mean_r4",  # CI of the batch-mean map rounded to 4 decimals
+            "prune_bn": "fresh",                # new BatchNorm after pruning
+        },
+        "train": {"ccm_detached": True,         # CCM on .detach()ed maps: no gradient
+                  "select_on": "test"},         # keep the checkpoint best on the test set
+    },
+}
+
+
+def apply_preset(cfg: RunConfig, name: str) -> RunConfig:
+    """``cfg`` with the fields of preset ``name`` (:data:`PRESETS`) set; every other field kept.
+
+    >>> apply_preset(profile("smoke"), "authors").model.init_std
+    0.5
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[name]
+    return RunConfig(model=cfg.model.replace(**p["model"]), data=cfg.data,
+                     train=cfg.train.replace(**p["train"]), profile=cfg.profile)
+
+
+def authors_preset(cfg: RunConfig) -> RunConfig:
+    """``apply_preset(cfg, "authors")``: every choice of the authors' public code (DESIGN.md §3b)."""
+    return apply_preset(cfg, "authors")
+
+
+def preset_of(cfg: RunConfig) -> str:
+    """The name of the preset whose fields ``cfg`` holds, or "custom" when it matches none."""
+    for name, p in PRESETS.items():
+        if all(getattr(cfg.model, k) == v for k, v in p["model"].items()) and \
+                all(getattr(cfg.train, k) == v for k, v in p["train"].items()):
+            return name
+    return "custom"
 
 
 def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:

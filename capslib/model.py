@@ -101,7 +101,7 @@ class CapsNet(nn.Module):
             for i in range(3)
         )
         self.primary = PrimaryCaps(widths[2], cfg.C, cfg.D, cfg.primary_kernel, cfg.primary_stride,
-                                   cfg.primary_padding, layout=cfg.capsule_layout)
+                                   cfg.primary_padding, layout=cfg.capsule_layout, squash_eps=cfg.squash_eps)
         # primary_head is None for dynamic routing; intermediate[i] and classcaps route as cfg.routing says
         self.primary_head, self.intermediate, self.classcaps = build_capsule_layers(cfg)
 
@@ -116,7 +116,7 @@ class CapsNet(nn.Module):
     def forward(self, x: Tensor) -> CapsNetOutput:
         """x: (B, in_channels, S, S) -> :class:`CapsNetOutput`."""
         maps: dict[str, Tensor] = {}
-        h = x
+        h = x.to(self.primary.conv.weight.dtype)  # float32 images into a float64 model (TrainConfig.dtype)
         for i, layer in enumerate(self.backbone):
             h = layer(h)  # (B, width_i, S_i, S_i)
             maps[f"conv{i + 1}"] = h
@@ -154,11 +154,13 @@ def build_capsule_layers(cfg: ModelConfig) -> tuple[Optional[nn.Module], nn.Modu
     if cfg.routing == "dynamic":
         intermediate = nn.ModuleList(
             ConvCaps(cfg.C, cfg.D, cfg.C, cfg.D, kernel=3, stride=1, padding=1, iters=cfg.routing_iters,
-                     init_std=cfg.init_std, recompute=cfg.recompute_votes)
+                     init_std=cfg.init_std, recompute=cfg.recompute_votes, squash_eps=cfg.squash_eps,
+                     layout=cfg.convcaps_layout)
             for _ in range(cfg.I)
         )
         classcaps = ClassCaps(cfg.grid * cfg.grid * cfg.C, cfg.D, cfg.num_classes, cfg.class_dim,
-                              iters=cfg.routing_iters, init_std=cfg.init_std, recompute=cfg.recompute_votes)
+                              iters=cfg.routing_iters, init_std=cfg.class_std, recompute=cfg.recompute_votes,
+                              squash_eps=cfg.squash_eps)
         return None, intermediate, classcaps
     from .routing_alt import build_alt_layers
 

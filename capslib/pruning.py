@@ -11,7 +11,9 @@ happens in three steps, each inspectable on its own:
 2. **Plan.** :func:`make_plan` removes, in each layer, the lowest-CI channels.
    How many is :func:`prune_count`: PR × channels rounded *up* to a multiple
    of D (§3.4: 12 channels, PR 0.25, D 4 -> 4 removed, 8 kept); a layer with
-   fewer than D channels is skipped. The result is a :class:`PrunePlan`: per
+   fewer than D channels is skipped. ``rule="authors"`` (``ModelConfig.prune_rule``)
+   is the authors' code instead: int(PR × channels) rounded *down* to a multiple
+   of D, at least D. The result is a :class:`PrunePlan`: per
    layer the channels before and after and the removed indices, plus the
    whole-model parameters and MACs before and after.
 3. **Rebuild.** :func:`rebuild` builds a plain, smaller ``CapsNet`` (explicit
@@ -19,7 +21,8 @@ happens in three steps, each inspectable on its own:
    copies the kept channels' conv weights (out side, and in side of the next
    conv), BatchNorm affine parameters and running statistics. The capsule
    layers are re-initialised, as in the paper (or, for whole dropped types,
-   sliced).
+   sliced). With ``ModelConfig.prune_bn == "fresh"`` (the authors' code) the
+   BatchNorm layers are new instead of copied.
 
 Two ways to prune PrimaryCaps (``mode``):
 
@@ -49,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from .chip import ci_scores
-from .config import ModelConfig
+from .config import PRUNE_RULES, ModelConfig
 from .model import CapsNet, count_params
 
 __all__ = [
@@ -77,21 +80,32 @@ MODES = ("channel", "capsule")
 # ----------------------------------------------------------------------------- counting
 
 
-def prune_count(channels: int, pr: float, D: int) -> int:
+def prune_count(channels: int, pr: float, D: int, rule: str = "paper") -> int:
     """Number of channels removed from a layer of ``channels`` channels at ratio ``pr`` (paper §3.4).
 
-    The ideal count PR·channels is rounded *up* to the next multiple of D ("pruned in
-    multiple of D"; 12 channels, PR 0.25, D 4: 3 -> 4). For a layer whose width is a
-    multiple of D - always the PrimaryCaps, C·D - the kept count is then a multiple
-    of D too. A layer with fewer than D channels is skipped (0). PR 0 removes nothing.
+    ``rule="paper"`` (default): the ideal count PR·channels is rounded *up* to the next
+    multiple of D ("pruned in multiple of D"; 12 channels, PR 0.25, D 4: 3 -> 4). For a
+    layer whose width is a multiple of D - always the PrimaryCaps, C·D - the kept count
+    is then a multiple of D too. A layer with fewer than D channels is skipped (0).
 
-    This can leave fewer than D channels (or none); :func:`make_plan` refuses such plans.
+    ``rule="authors"`` (their public code): n = int(PR·channels); if n > D, n is rounded
+    *down* to a multiple of D, else n = D (so any PR > 0 removes at least D). 160 channels,
+    D 8: PR 0.125 -> 16 (paper rule: 24), 0.375 -> 56 (paper rule: 64). The authors' code
+    has no skip for layers narrower than D; here such layers are skipped under both rules.
+
+    PR 0 removes nothing under both rules. This can leave fewer than D channels (or
+    none); :func:`make_plan` refuses such plans.
     """
     _check_ratio(pr)
     _check_positive_int(channels, "channels")
     _check_positive_int(D, "D")
-    if channels < D:
+    if rule not in PRUNE_RULES:
+        raise ValueError(f"prune rule must be one of {PRUNE_RULES}, got {rule!r}")
+    if channels < D or pr == 0:
         return 0
+    if rule == "authors":
+        n = int(pr * channels + 1e-9)  # int() as their code; the tolerance keeps 0.6 * 20 = 11.999.. at 12
+        return n - n % D if n > D else D
     ideal = pr * channels / D  # in units of D channels
     return D * math.ceil(ideal - 1e-9)  # tolerance: 0.6 * 20 / 4 = 3.0000000000000004 must give 3
 
@@ -162,21 +176,24 @@ def chip_batches(data, num_batches: int = 5, batch_size: int = 128, seed: int = 
 
 @torch.no_grad()
 def ci_layer_scores(model: CapsNet, batches: Iterable[Union[Tensor, tuple[Tensor, Tensor]]], *,
-                    estimator: str = "per_image") -> dict[str, Tensor]:
+                    estimator: Optional[str] = "per_image") -> dict[str, Tensor]:
     """CHIP channel-independence score of every channel of the four pruned conv layers.
 
     Args:
         model: a CapsNet; it is run in eval mode (BatchNorm running statistics),
             and its train/eval mode is restored afterwards.
         batches: images ``x`` (B, Cin, S, S) or ``(x, y)`` pairs, e.g. :func:`chip_batches`.
-        estimator: ``"per_image"`` (CHIP) or ``"batch_mean"`` (the authors' code);
-            see :func:`capslib.chip.ci_scores`.
+        estimator: ``"per_image"`` (CHIP), ``"batch_mean"``, or ``"batch_mean_r4"`` (the
+            authors' code); see :func:`capslib.chip.ci_scores`. None: the model config's
+            ``chip_estimator``.
 
     Returns:
         ``{"conv1": (w1,), "conv2": (w2,), "conv3": (w3,), "primary": (C·D,)}`` float64
         scores on the CPU. The backbone is scored on its post-ReLU maps, the
         PrimaryCaps on its conv output before squash (``CapsNetOutput.feature_maps``).
     """
+    if estimator is None:
+        estimator = model.config.chip_estimator
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -334,7 +351,7 @@ class PrunePlan:
 
 
 def make_plan(model: Union[CapsNet, ModelConfig], scores: Mapping[str, Union[Tensor, Sequence[float]]], pr: float,
-              *, mode: str = "channel", estimator: str = "") -> PrunePlan:
+              *, mode: str = "channel", estimator: str = "", rule: Optional[str] = None) -> PrunePlan:
     """Plan a prune at ratio ``pr``: in each layer remove the lowest-CI channels.
 
     Args:
@@ -347,6 +364,7 @@ def make_plan(model: Union[CapsNet, ModelConfig], scores: Mapping[str, Union[Ten
             the lowest-scored whole types (module docstring). Backbone layers are
             pruned channel by channel in both modes.
         estimator: recorded in the plan (which CHIP estimator made ``scores``).
+        rule: the :func:`prune_count` rule, "paper" or "authors"; None: the config's ``prune_rule``.
 
     Ties are broken towards the lower channel index (a stable sort).
 
@@ -358,13 +376,14 @@ def make_plan(model: Union[CapsNet, ModelConfig], scores: Mapping[str, Union[Ten
     cfg = _model_config(model)
     _check_ratio(pr)
     _check_mode(mode, cfg)
+    rule = cfg.prune_rule if rule is None else rule
     arrays = {name: _score_array(scores, name, n) for name, n in zip(LAYERS, _layer_widths(cfg))}  # (n,) each
     removed: dict[str, np.ndarray] = {}
     for name, s in arrays.items():
         if name == "primary" and mode == "capsule":
-            removed[name] = _lowest_types(s, cfg.C, cfg.D, pr)
+            removed[name] = _lowest_types(s, cfg.C, cfg.D, pr, rule)
         else:
-            removed[name] = np.argsort(s, kind="stable")[: prune_count(len(s), pr, cfg.D)]
+            removed[name] = np.argsort(s, kind="stable")[: prune_count(len(s), pr, cfg.D, rule)]
     return plan_from_removed(cfg, removed, pr=pr, mode=mode, scores=arrays, estimator=estimator)
 
 
@@ -418,7 +437,7 @@ def pruned_config(plan: PrunePlan, I: Optional[int] = None) -> ModelConfig:
 
 @torch.no_grad()
 def rebuild(model: CapsNet, plan: PrunePlan, *, I: Optional[int] = None, slice_capsule_weights: bool = False,
-            seed: Optional[int] = 0) -> CapsNet:
+            seed: Optional[int] = 0, fresh_bn: Optional[bool] = None) -> CapsNet:
     """Build the pruned model: a plain ``CapsNet(pruned_config(plan, I))`` holding the kept channels.
 
     Copied from ``model`` (same device and dtype):
@@ -428,6 +447,10 @@ def rebuild(model: CapsNet, plan: PrunePlan, *, I: Optional[int] = None, slice_c
     * each BatchNorm: weight, bias, running_mean, running_var of the kept channels,
       and num_batches_tracked - so eval-mode outputs on kept channels are unchanged;
     * the PrimaryCaps conv, the same way (in side: conv3's kept channels).
+
+    With ``fresh_bn=True`` (None: ``plan.before.prune_bn == "fresh"``, the authors' code) the
+    BatchNorm layers are left as freshly built (weight 1, bias 0, running mean 0 and variance 1)
+    instead of copied; the conv weights and biases are copied either way.
 
     The IntermediateCaps and ClassCaps are sized for C' types and freshly
     initialised (the paper's "new ClassCaps layer"), from ``seed`` when given
@@ -454,21 +477,25 @@ def rebuild(model: CapsNet, plan: PrunePlan, *, I: Optional[int] = None, slice_c
             torch.manual_seed(seed)
         new = CapsNet(new_cfg)
     new = new.to(device=ref.device, dtype=ref.dtype)
-    _copy_convs(model, new, plan)
+    if fresh_bn is None:
+        fresh_bn = plan.before.prune_bn == "fresh"
+    _copy_convs(model, new, plan, copy_bn=not fresh_bn)
     if slice_capsule_weights:
         _slice_capsules(model, new, plan.kept_types)
     new.train(model.training)
     return new
 
 
-def _copy_convs(old: CapsNet, new: CapsNet, plan: PrunePlan) -> None:
-    """Copy the kept channels of the backbone convs, their BatchNorms and the PrimaryCaps conv."""
+def _copy_convs(old: CapsNet, new: CapsNet, plan: PrunePlan, copy_bn: bool = True) -> None:
+    """Copy the kept channels of the backbone convs, their BatchNorms (unless ``copy_bn`` is False)
+    and the PrimaryCaps conv."""
     dev = next(old.parameters()).device
     keep_in = torch.arange(old.config.in_channels, device=dev)
     for i in range(3):
         keep = torch.tensor(plan.layers[i].kept, dtype=torch.long, device=dev)
         _copy_conv(old.backbone[i].conv, new.backbone[i].conv, keep, keep_in)
-        _copy_bn(old.backbone[i].bn, new.backbone[i].bn, keep)
+        if copy_bn:
+            _copy_bn(old.backbone[i].bn, new.backbone[i].bn, keep)
         keep_in = keep
     keep = torch.tensor(plan.layer("primary").kept, dtype=torch.long, device=dev)
     _copy_conv(old.primary.conv, new.primary.conv, keep, keep_in)
@@ -561,10 +588,10 @@ def _score_array(scores: Mapping[str, Any], name: str, n: int) -> np.ndarray:
     return s
 
 
-def _lowest_types(s: np.ndarray, C: int, D: int, pr: float) -> np.ndarray:
+def _lowest_types(s: np.ndarray, C: int, D: int, pr: float, rule: str = "paper") -> np.ndarray:
     """Channel indices of the lowest-scored whole capsule types (score = Σ CI of its D channels)."""
     type_scores = s.reshape(C, D).sum(axis=1)  # (C,): type t owns channels [t·D, (t+1)·D)
-    n_types = prune_count(C * D, pr, D) // D
+    n_types = prune_count(C * D, pr, D, rule) // D
     types = np.sort(np.argsort(type_scores, kind="stable")[:n_types])
     return (types[:, None] * D + np.arange(D)[None, :]).reshape(-1)
 
@@ -586,7 +613,7 @@ def _check_kept(name: str, n: int, n_removed: int, D: int, pr: float) -> None:
         return
     kept = n - n_removed
     if kept < D:
-        why = f" at PR={pr:g} (PR·{n} rounded up to a multiple of D removes {n_removed})" if not math.isnan(pr) else ""
+        why = f" at PR={pr:g} (the prune-count rule removes {n_removed})" if not math.isnan(pr) else ""
         raise ValueError(f"layer {name!r} would keep {max(kept, 0)} of {n} channels{why}, fewer than D={D}; "
                          f"use a smaller pruning ratio (or wider backbone_widths)")
 

@@ -24,9 +24,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["squash", "dynamic_routing", "RoutingTrace"]
+__all__ = ["squash", "dynamic_routing", "RoutingTrace", "routing_dtype", "SQUASH_EPS"]
 
 SQUASH_EPS = 1e-8
+
+
+def routing_dtype(t: Tensor) -> Tensor:
+    """``t`` in the dtype capsule layers compute in: float64 stays float64 (the float64 training
+    path), anything else (float32, and bf16/fp16 under autocast) becomes float32."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def squash(s: Tensor, dim: int = -1, eps: float = SQUASH_EPS) -> Tensor:
@@ -59,6 +65,7 @@ def dynamic_routing(
     iters: int = 3,
     trace: Optional[RoutingTrace] = None,
     fused_backward: bool = True,
+    eps: float = SQUASH_EPS,
 ) -> tuple[Tensor, Tensor]:
     """Route votes to parents by agreement.
 
@@ -70,26 +77,28 @@ def dynamic_routing(
         fused_backward: when gradients are needed, differentiate with :class:`_RoutingFunction`'s
             hand-written backward (the same gradient, with one vote-sized write instead of 4r-3);
             False differentiates the loop term by term with autograd (the reference).
+        eps: squash's epsilon (see :func:`squash`).
 
     Returns:
         v: parent capsules, (n, J, D), each of length < 1.
         c: final coupling coefficients, (n, J, K), summing to 1 over J (not differentiable on
             the fused path; no caller differentiates it).
 
-    Runs in float32 even under autocast: routing is a sum of many small terms.
+    Runs in float32 even under autocast (routing is a sum of many small terms), or in float64
+    when the votes are float64.
     """
     if iters < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iters}")
     with torch.autocast(device_type=u_hat.device.type, enabled=False):
-        u_hat = u_hat.float()
+        u_hat = routing_dtype(u_hat)
         if fused_backward and trace is None and torch.is_grad_enabled() and u_hat.requires_grad:
-            return _RoutingFunction.apply(u_hat, iters)
+            return _RoutingFunction.apply(u_hat, iters, eps)
         n, J, K, D = u_hat.shape
         b = u_hat.new_zeros(n, J, K)  # logits b_jk, initialised to zero (eq. 1)
         for r in range(iters):
             c = torch.softmax(b, dim=1)  # (n, J, K): normalised over the parents J
             s = torch.matmul(c.unsqueeze(2), u_hat).squeeze(2)  # (n, J, 1, K)@(n, J, K, D) -> (n, J, D)
-            v = squash(s)  # (n, J, D)
+            v = squash(s, eps=eps)  # (n, J, D)
             last = r == iters - 1
             if trace is not None or not last:
                 agreement = torch.matmul(u_hat, v.unsqueeze(-1)).squeeze(-1)  # (n, J, K)
@@ -119,7 +128,7 @@ class _RoutingFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u_hat: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+    def forward(ctx, u_hat: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
         n, J, K, D = u_hat.shape
         uf = u_hat.reshape(n * J, K, D)  # a view for contiguous votes and for ConvCaps' strided ones
         b = u_hat.new_zeros(n, J, K)
@@ -127,13 +136,13 @@ class _RoutingFunction(torch.autograd.Function):
         for r in range(iters):
             c = torch.softmax(b, dim=1)  # (n, J, K)
             s = torch.bmm(c.view(n * J, 1, K), uf).view(n, J, D)
-            v = squash(s)
+            v = squash(s, eps=eps)
             cs.append(c)
             ss.append(s)
             vs.append(v)
             if r < iters - 1:
                 b = b + torch.bmm(uf, v.view(n * J, D, 1)).view(n, J, K)
-        ctx.iters = iters
+        ctx.iters, ctx.eps = iters, eps
         ctx.save_for_backward(u_hat, *cs, *ss, *vs)
         ctx.mark_non_differentiable(cs[-1])
         return v, cs[-1]
@@ -157,7 +166,7 @@ class _RoutingFunction(torch.autograd.Function):
                 rows.append(vs[r])
             with torch.enable_grad():  # squash's backward, on the small (n, J, D) tensors
                 s = ss[r].detach().requires_grad_()
-                (g_s,) = torch.autograd.grad(squash(s), s, g_v)
+                (g_s,) = torch.autograd.grad(squash(s, eps=ctx.eps), s, g_v)
             cols.append(cs[r])
             rows.append(g_s)
             g_c = torch.bmm(uf, g_s.reshape(n * J, D, 1)).view(n, J, K)
@@ -167,4 +176,4 @@ class _RoutingFunction(torch.autograd.Function):
         Q = len(cols)
         A = torch.stack(cols, dim=-2).view(n * J, Q, K).transpose(1, 2)  # (n·J, K, Q)
         Bm = torch.stack(rows, dim=-2).view(n * J, Q, D)  # (n·J, Q, D)
-        return torch.bmm(A, Bm).view(n, J, K, D), None
+        return torch.bmm(A, Bm).view(n, J, K, D), None, None

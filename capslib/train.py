@@ -35,6 +35,7 @@ from .losses import total_loss
 from .model import CapsNet, count_params
 from .probes import ActivationProbe, ProbeResult
 from .provenance import provenance, resolve_device
+from .routing import routing_dtype
 from .routing_alt import spread_margin, spread_total_loss
 
 __all__ = ["TrainingDiverged", "EpochRecord", "RunResult", "evaluate", "fit", "load_model"]
@@ -153,7 +154,7 @@ def fit(
     _seed_everything(tc.seed)
     if model is None:
         model = CapsNet(cfg.model)
-    model = model.to(device)
+    model = model.to(device=device, dtype=tc.torch_dtype)  # CapsNet.forward casts its input to match
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     use_amp = tc.amp and device.type == "cuda"
 
@@ -199,9 +200,9 @@ def fit(
                 maps = out.feature_maps.values() if tc.alpha > 0 else ()
                 if cfg.loss == "spread":  # EM / VB (capslib.routing_alt); "margin" is then the spread loss
                     m = spread_margin((epoch * steps + step) / max(tc.epochs * steps - 1, 1))
-                    loss, margin, ccm = spread_total_loss(out.lengths.float(), y, m, maps, tc.alpha, tc.ccm_detached)
+                    loss, margin, ccm = spread_total_loss(routing_dtype(out.lengths), y, m, maps, tc.alpha, tc.ccm_detached)
                 else:
-                    loss, margin, ccm = total_loss(out.lengths.float(), y, maps, tc.alpha, tc.ccm_detached)
+                    loss, margin, ccm = total_loss(routing_dtype(out.lengths), y, maps, tc.alpha, tc.ccm_detached)
             if not torch.isfinite(loss):
                 where = ""
                 if ckpt is not None and (ckpt / "last.pt").exists():
@@ -309,7 +310,7 @@ def load_model(config: RunConfig | dict | str, state_path: str | os.PathLike, de
         config = RunConfig.from_json(config)
     elif isinstance(config, dict):
         config = RunConfig.from_dict(config)
-    model = CapsNet(config.model)
+    model = CapsNet(config.model).to(config.train.torch_dtype)
     state = load_checkpoint(state_path, device)
     try:
         model.load_state_dict(state["model"] if "model" in state else state)

@@ -1,0 +1,214 @@
+"""The fused CPU routing kernel (capslib.fused_routing): the same function and gradient as the
+PyTorch path, at every capsule size and thread count, in float32 and float64; the layers and the
+model give the same numbers either way; the fallback is clean and says why."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from capslib import fused_routing
+from capslib.capsules import ClassCaps, ConvCaps, capsule_votes, use_fused_routing
+from capslib.config import ModelConfig
+from capslib.losses import margin_loss
+from capslib.model import CapsNet
+from capslib.routing import dynamic_routing
+
+pytestmark = pytest.mark.skipif(not fused_routing.available(), reason=fused_routing.status())
+
+
+def reference(u, weight, iters, eps=1e-8):
+    """The PyTorch path: votes materialised, routing differentiated by autograd term by term."""
+    v, _ = dynamic_routing(capsule_votes(u, weight), iters, fused_backward=False, eps=eps)
+    return v
+
+
+def problem(n, K, J, Din, Dout, dtype, std=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, K, Din, generator=g, dtype=dtype).requires_grad_()
+    w = (torch.randn(K, J, Dout, Din, generator=g, dtype=dtype) * std).requires_grad_()
+    return u, w
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3])
+@pytest.mark.parametrize("dims", [(8, 8), (8, 16), (5, 7), (4, 12), (3, 3)])
+def test_float64_gradcheck(iters, dims):
+    """Analytic gradient = finite differences, including padded vote widths (7 -> 8, 12 -> 16, 3 -> 4)."""
+    u, w = problem(3, 11, 3, *dims, torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: fused_routing.route(a, b, iters, 1e-8), (u, w))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("shape", [(37, 180, 20, 8, 8), (6, 720, 10, 8, 16), (9, 27, 5, 6, 10), (4, 9, 1, 4, 4)])
+def test_equals_the_pytorch_path(dtype, tol, shape):
+    """Values and both gradients agree with the materialised-votes path to rounding (K not a multiple
+    of the SIMD width, J = 1, Dout != Din all covered)."""
+    u, w = problem(*shape, dtype)
+    g = torch.randn(shape[0], shape[2], shape[4], dtype=dtype)
+    v = fused_routing.route(u, w, 3, 1e-8)
+    gu, gw = torch.autograd.grad(v, (u, w), g)
+    v_ref = reference(u, w, 3)
+    gu_ref, gw_ref = torch.autograd.grad(v_ref, (u, w), g)
+    for got, want in ((v, v_ref), (gu, gu_ref), (gw, gw_ref)):
+        scale = want.abs().max().clamp_min(1e-30)
+        assert ((got - want).abs().max() / scale).item() < tol
+
+
+def test_thread_split_gives_the_same_numbers():
+    """1 and 2 threads split the problems differently; values are bitwise equal, grad W (summed per
+    thread) equal to rounding."""
+    u, w = problem(50, 36, 6, 8, 8, torch.float32)
+    g = torch.randn(50, 6, 8)
+    out = {}
+    old = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            v = fused_routing.route(u, w, 3, 1e-8)
+            out[t] = (v, *torch.autograd.grad(v, (u, w), g))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(out[1][0], out[2][0])
+    assert torch.equal(out[1][1], out[2][1])
+    assert torch.allclose(out[1][2], out[2][2], rtol=1e-5, atol=1e-6)
+
+
+def test_squash_eps_is_honoured():
+    """Tiny votes: the output length depends on eps as v ≈ ‖s‖³/√eps (DESIGN.md §3c)."""
+    u, w = problem(4, 20, 3, 8, 8, torch.float64, std=1e-4)
+    for eps in (1e-8, 1e-6):
+        assert torch.allclose(fused_routing.route(u, w, 3, eps), reference(u, w, 3, eps), rtol=1e-10, atol=1e-300)
+    assert not torch.allclose(fused_routing.route(u, w, 3, 1e-8), fused_routing.route(u, w, 3, 1e-6))
+
+
+def test_zero_input_gives_zero_and_finite_gradients():
+    u = torch.zeros(3, 10, 8, requires_grad=True)
+    w = torch.randn(10, 4, 8, 8, requires_grad=True)
+    v = fused_routing.route(u, w, 3, 1e-8)
+    assert torch.equal(v, torch.zeros_like(v))
+    gu, gw = torch.autograd.grad(v.sum(), (u, w))
+    assert torch.isfinite(gu).all() and torch.isfinite(gw).all()
+
+
+def test_bad_inputs_are_refused_with_a_message():
+    u, w = problem(2, 5, 3, 4, 4, torch.float32)
+    with pytest.raises(ValueError, match="iterations"):
+        fused_routing.route(u, w, 0, 1e-8)
+    with pytest.raises(ValueError, match=r"\(n, K, Din\)"):
+        fused_routing.route(u[:, :4], w, 3, 1e-8)
+    with pytest.raises(ValueError, match="float64"):
+        fused_routing.route(u, w.double(), 3, 1e-8)
+    big = torch.randn(5, 3, 40, 4)
+    assert not fused_routing.usable(u, big)  # 40-dim votes: the layers take the PyTorch path
+    with pytest.raises(ValueError, match="at most"):
+        fused_routing.route(u, big, 3, 1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layers_fused_equal_unfused(dtype):
+    """ConvCaps and ClassCaps: forward and every gradient equal with and without the kernel (the
+    unfused path with vote recomputation by checkpointing, as before)."""
+    torch.manual_seed(0)
+    layers = [ConvCaps(6, 8, 5, 8, init_std=0.5).to(dtype), ClassCaps(4 * 4 * 6, 8, 10, 16, init_std=0.5).to(dtype)]
+    u = torch.randn(3, 4, 4, 6, 8, dtype=dtype) * 0.5
+    for layer in layers:
+        res = {}
+        for fused in (True, False):
+            layer.fused = fused
+            x = u.clone().requires_grad_()
+            y = layer(x)
+            g = torch.randn_like(y, generator=torch.Generator().manual_seed(1))
+            res[fused] = (y, *torch.autograd.grad(y, (x, layer.weight), g))
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        for a, b in zip(res[True], res[False]):
+            assert ((a - b).abs().max() / b.abs().max()).item() < tol
+
+
+def test_model_training_step_equal_fused_and_unfused():
+    """A CapsNet[6, 8, 2] training step: loss and every parameter gradient match across paths."""
+    torch.manual_seed(0)
+    model = CapsNet(ModelConfig(C=6, D=8, I=2, init_std=0.5))
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 3, 5, 9])
+    grads = {}
+    for fused in (True, False):
+        use_fused_routing(model, fused)
+        model.zero_grad()
+        loss = margin_loss(model(x).lengths, y)
+        loss.backward()
+        grads[fused] = [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fallback_when_disabled_is_announced_and_equal(tmp_path):
+    """CAPSLIB_FUSED_ROUTING=0: the layers run the PyTorch path, warn once naming the reason, and
+    compute the same numbers."""
+    code = (
+        "import warnings, torch\n"
+        "from capslib import fused_routing\n"
+        "from capslib.capsules import ConvCaps\n"
+        "torch.manual_seed(0)\n"
+        "layer = ConvCaps(4, 8, 4, 8, init_std=0.5)\n"
+        "u = torch.randn(2, 3, 3, 4, 8) * 0.5\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    v = layer(u); layer(u)\n"
+        "print('WARNINGS', sum('PyTorch path' in str(x.message) for x in w))\n"
+        "print('STATUS', fused_routing.status())\n"
+        "torch.save(v, %r)\n" % str(tmp_path / "v.pt")
+    )
+    env = dict(os.environ, CAPSLIB_FUSED_ROUTING="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "WARNINGS 1" in out.stdout
+    assert "disabled by CAPSLIB_FUSED_ROUTING=0" in out.stdout
+    torch.manual_seed(0)
+    layer = ConvCaps(4, 8, 4, 8, init_std=0.5)
+    u = torch.randn(2, 3, 3, 4, 8) * 0.5
+    assert torch.allclose(layer(u), torch.load(tmp_path / "v.pt"), rtol=1e-5, atol=1e-7)
+
+
+def test_failed_build_names_the_compiler_error(tmp_path, monkeypatch):
+    """A compiler that fails: build() raises with the compiler's message (the library then falls back)."""
+    monkeypatch.setenv("CAPSLIB_KERNELS", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a 'compiler' that always fails
+    with pytest.raises(RuntimeError, match="failed"):
+        fused_routing.build()
+    assert not list(tmp_path.glob("*.so"))  # nothing half-written left behind
+
+
+def test_float64_training_path_trains(real_data_root):
+    """TrainConfig.dtype='float64' on real Fashion-MNIST: parameters, activations and the loss are
+    float64 end to end, and the model learns (one epoch on 1,000 images, well above chance)."""
+    from capslib import profile
+    from capslib.train import fit
+
+    cfg = profile("smoke", C=4, D=8, I=1, epochs=1, batch_size=32, train_size=1000, val_size=200, test_size=200,
+                  dtype="float64")
+    result, model = fit(cfg)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    out = model(torch.zeros(2, 1, 28, 28))  # float32 images are cast to the model's dtype
+    assert out.lengths.dtype == torch.float64 and out.capsules["inter1"].dtype == torch.float64
+    assert result.test_acc > 0.4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_path_float32_and_bf16_autocast():
+    """On CUDA the layers take the PyTorch path (the kernel is CPU-only): same numbers as on CPU in
+    float32; under bf16 autocast the routing still runs in float32 and stays finite."""
+    torch.manual_seed(0)
+    model = CapsNet(ModelConfig(C=6, D=8, I=2, init_std=0.5))
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 3, 5, 9])
+    model.eval()
+    cpu = model(x).lengths
+    gpu_model = model.cuda()
+    assert torch.allclose(gpu_model(x.cuda()).lengths.cpu(), cpu, rtol=1e-4, atol=1e-5)
+    gpu_model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = gpu_model(x.cuda())
+        loss = margin_loss(out.lengths.float(), y.cuda())
+    loss.backward()
+    assert out.lengths.dtype == torch.float32 and torch.isfinite(loss)
