@@ -544,6 +544,12 @@ def _sns():
     return sns()
 
 
+def _plots():
+    from . import plots
+
+    return plots
+
+
 _KEPT, _REMOVED = "#4c72b0", "#dd5143"
 
 
@@ -553,10 +559,10 @@ def ci_bars(scores: Mapping[str, Mapping[str, np.ndarray]], plans: Mapping[str, 
 
     ``scores``: :func:`chip_scores`; ``plans``: ``{estimator: PrunePlan}``.
     """
-    sns = _sns()
+    sns, pl = _sns(), _plots()
     ests = list(scores)
     layers = list(next(iter(scores.values())))
-    fig = Figure(figsize=(11, 2.3 * len(ests) + 0.6), layout="constrained")
+    fig = Figure(figsize=(pl.PAGE_WIDTH_IN, 2.4 * len(ests) + 1.0), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(ests), len(layers), squeeze=False))
     for i, est in enumerate(ests):
         df = ci_frame(scores[est], plans.get(est))
@@ -570,20 +576,27 @@ def ci_bars(scores: Mapping[str, Mapping[str, np.ndarray]], plans: Mapping[str, 
             ax.set_xticks([])
             ax.set_xlabel(f"{len(d)} channels, by CI" if i == len(ests) - 1 else "")
             ax.set_ylabel(f"CI ({est})" if j == 0 else "")
-            ax.set_title(f"{layer}: {int(d['removed'].sum())} pruned", fontsize=9)
+            ax.set_title(f"{layer}: {int(d['removed'].sum())} pruned", fontsize=pl.FONT["base"])
+    legend_ax = axes[0, 0]
+    if legend_ax.get_legend() is not None:
+        handles, labels = legend_ax.get_legend_handles_labels()
+        legend_ax.get_legend().remove()
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(pl.wrap_title(title, pl.PAGE_WIDTH_IN, pl.FONT["suptitle"]))
     return fig
 
 
 def _ci_strip(ax, scores: Mapping[str, np.ndarray], plan, title: str, legend: bool = False) -> None:
-    sns = _sns()
+    sns, pl = _sns(), _plots()
+    width = ax.get_position().width * ax.figure.get_figwidth()
     if isinstance(plan, str):
-        ax.text(0.5, 0.5, "no plan:\n" + plan.replace("; ", ";\n"), ha="center", va="center", fontsize=7,
-                wrap=True, transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(title, fontsize=9)
+        ax.text(0.5, 0.5, "no plan:\n" + pl.wrap_title(plan, width, pl.FONT["small"]), ha="center", va="center",
+                fontsize=pl.FONT["small"], transform=ax.transAxes)
+        # hide this panel's ticks only: set_yticks([]) would clear every panel that shares its y axis
+        ax.tick_params(left=False, labelleft=False, bottom=False, labelbottom=False)
+        ax.grid(False)
+        ax.set_title(pl.wrap_title(title, width), fontsize=pl.FONT["base"])
         return
     df = ci_frame(scores, plan)
     df["channel"] = np.where(df["removed"], "pruned", "kept")
@@ -591,14 +604,14 @@ def _ci_strip(ax, scores: Mapping[str, np.ndarray], plan, title: str, legend: bo
                   palette={"kept": _KEPT, "pruned": _REMOVED}, jitter=0.25, size=4, ax=ax, legend=legend)
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("")
-    ax.set_title(title, fontsize=9)
-    if legend and ax.get_legend() is not None:
-        ax.legend(fontsize=7, loc="lower right", title=None)
+    ax.set_title(pl.wrap_title(title, width), fontsize=pl.FONT["base"])
+    if legend:
+        pl.legend_outside(ax)
 
 
 def ci_panel(scores: Mapping[str, np.ndarray], plan, title: str = "") -> Figure:
     """One model's CI per layer (÷ the layer's largest), the channels a plan prunes in red; one slider panel."""
-    fig = Figure(figsize=(6.0, 3.0), layout="constrained")
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
     _ci_strip(fig.add_subplot(), scores, plan, title, legend=True)
     return fig
 
@@ -609,18 +622,20 @@ def ci_grid(cells: Mapping[tuple[Any, Any], tuple[Mapping[str, np.ndarray], Any,
 
     ``cells``: ``{(a, b): (scores, plan or message, panel title)}``.
     """
+    pl = _plots()
     rows = list(dict.fromkeys(a for a, _ in cells))
     cols = list(dict.fromkeys(b for _, b in cells))
-    fig = Figure(figsize=(3.3 * len(cols) + 0.3, 2.6 * len(rows) + (0.4 if title else 0)), layout="constrained")
+    fig = Figure(figsize=pl.book_figsize(2.6 * len(cols) + 1.2, 2.8 * len(rows) + (0.6 if title else 0)),
+                 layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(rows), len(cols), squeeze=False, sharey=True))
     for i, a in enumerate(rows):
         for j, b in enumerate(cols):
             scores, plan, t = cells[(a, b)]
-            _ci_strip(axes[i, j], scores, plan, t, legend=(i, j) == (0, 0))
+            _ci_strip(axes[i, j], scores, plan, t, legend=(i, j) == (0, len(cols) - 1))
             if j:
                 axes[i, j].set_ylabel("")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(pl.wrap_title(title, pl.PAGE_WIDTH_IN, pl.FONT["suptitle"]))
     return fig
 
 
@@ -661,7 +676,7 @@ def heatmap_size(probes: Mapping[Any, Any]) -> tuple[float, float]:
     """One figure size for the activation heatmaps of several probes, so that slider panels do not jump."""
     width = max(max(len(v) for v in p.activations["paper000"].values()) for p in probes.values())
     rows = max(len(p.layers) for p in probes.values())
-    return (1.6 + 0.5 * width, 0.9 + 0.42 * rows)
+    return _plots().heatmap_figsize(width, rows)
 
 
 def probes_of(models: Iterable[tuple[Any, RunConfig, Any]], key) -> dict[Any, Any]:
@@ -681,24 +696,24 @@ def table_lines(paper: pd.DataFrame, ours: pd.DataFrame, x: str, ours_label: str
     ``paper`` / ``ours``: pivots (rows: model, columns: x), e.g. from :func:`paper_pivot`.
     The two panels have their own y axes: they are different datasets.
     """
-    sns = _sns()
-    fig = Figure(figsize=(10, 3.4), layout="constrained")
-    axes = fig.subplots(1, 2)
+    sns, pl = _sns(), _plots()
+    # one panel above the other, each with its legend to its right: a legend never covers a line
+    fig = Figure(figsize=(pl.PAGE_WIDTH_IN, 6.6), layout="constrained")
+    axes = fig.subplots(2, 1)
     for ax, tab, label in ((axes[0], paper, "paper (CIFAR-10)"), (axes[1], ours, ours_label)):
+        ax.set_title(pl.wrap_title(label, pl.PAGE_WIDTH_IN - 1.8), loc="left")
         if tab is None or tab.empty:
             ax.text(0.5, 0.5, "no rows", ha="center", va="center", transform=ax.transAxes)
-            ax.set_title(label, fontsize=9)
             continue
         long = tab.reset_index().melt(id_vars="model", var_name=x, value_name=ylabel)
         long[ylabel] = pd.to_numeric(long[ylabel], errors="coerce")
         long[x] = [_num_label(v) for v in long[x]]
         long = long.dropna()
         sns.lineplot(data=long, x=x, y=ylabel, hue="model", marker="o", ax=ax)
-        ax.set_title(label, fontsize=9)
-        if ax.get_legend() is not None:
-            ax.legend(fontsize=7, title=None)
+        pl.integer_ticks(ax, long[x])
+        pl.legend_outside(ax)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(pl.wrap_title(title, pl.PAGE_WIDTH_IN, pl.FONT["suptitle"]))
     return fig
 
 
@@ -712,13 +727,15 @@ def _num_label(v: Any) -> float:
 
 
 def show_with_slider_grid(static_fig: Figure, panels: Mapping[tuple[Any, Any], Figure], names: tuple[str, str],
-                          footer, dpi: int = 80) -> None:
+                          footer, dpi: Optional[int] = None) -> None:
     """A static figure of a whole grid, two sliders over the same grid (:func:`capslib.widgets.slider_grid`),
     and the provenance footer."""
     from IPython.display import Image, display
 
+    from .plots import BOOK_DPI
     from .widgets import figure_png, slider_grid
 
+    dpi = dpi or BOOK_DPI
     display(Image(data=figure_png(static_fig, dpi=dpi)))
     display(slider_grid({k: figure_png(f, dpi=dpi) for k, f in panels.items()}, names=names))
     display(footer)
@@ -829,8 +846,8 @@ def depth_curves(trials: pd.DataFrame, chance: float = 10.0, title: Optional[str
     ``trials``: rows with ``I``, ``test acc (%)``, ``collapsed``, ``series``;
     collapsed runs are marked with a cross, chance level is dotted.
     """
-    sns = _sns()
-    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    sns, pl = _sns(), _plots()
+    fig = Figure(figsize=(7.2, 3.8), layout="constrained")
     ax = fig.add_subplot()
     sns.lineplot(data=trials, x="I", y="test acc (%)", hue="series", style="series", markers=True, dashes=False,
                  ax=ax)
@@ -838,12 +855,12 @@ def depth_curves(trials: pd.DataFrame, chance: float = 10.0, title: Optional[str
     if len(bad):
         ax.scatter(bad["I"], bad["test acc (%)"], marker="x", s=80, color="k", zorder=5, label="collapsed")
     ax.axhline(chance, color="0.4", lw=0.8, ls=":")
-    ax.text(ax.get_xlim()[0], chance + 0.5, " chance", fontsize=7, color="0.3", va="bottom")
-    ax.set_xticks(sorted(trials["I"].unique()))
+    ax.text(ax.get_xlim()[0], chance + 0.5, " chance", fontsize=pl.FONT["small"], color="0.3", va="bottom")
+    pl.integer_ticks(ax, trials["I"].unique())
     ax.set_xlabel("IntermediateCaps layers I")
-    ax.legend(fontsize=7, title=None)
+    pl.legend_outside(ax)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(pl.wrap_title(title, 5.4))
     return fig
 
 
@@ -875,45 +892,62 @@ def dead_history_table(hist: pd.DataFrame) -> pd.DataFrame:
 
 def dead_history_figure(hist: pd.DataFrame, title: Optional[str] = None) -> Figure:
     """Dead capsule types per layer and validation accuracy over the epochs (like the paper's Fig. 3)."""
-    sns = _sns()
-    fig = Figure(figsize=(9, 3.0), layout="constrained")
+    sns, pl = _sns(), _plots()
+    fig = Figure(figsize=(pl.PAGE_WIDTH_IN, 3.4), layout="constrained")
     a, b = fig.subplots(1, 2)
     sns.lineplot(data=hist, x="epoch", y="dead types (%)", hue="layer", marker="o", ax=a)
     a.set_ylim(-3, 103)
-    a.set_title("dead capsule types (activation ≤ 0.01)", fontsize=9)
+    a.set_title(pl.wrap_title("dead capsule types (activation ≤ 0.01)", 3.0))
     acc = hist.drop_duplicates(["model", "epoch"])
     sns.lineplot(data=acc, x="epoch", y="val acc (%)", marker="o", ax=b, color="0.2")
-    b.set_title("validation accuracy", fontsize=9)
+    b.set_title("validation accuracy")
     for ax in (a, b):
-        ax.set_xticks(sorted(hist["epoch"].unique()))
-    if a.get_legend() is not None:
-        a.legend(fontsize=7, title=None)
+        pl.integer_ticks(ax, hist["epoch"].unique())
+    pl.legend_outside(a)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(pl.wrap_title(title, pl.PAGE_WIDTH_IN, pl.FONT["suptitle"]))
     return fig
 
 
 def dead_bars(table: pd.DataFrame, title: Optional[str] = None) -> Figure:
-    """Dead capsule types per layer for each (PR, I) of a :func:`grid_dead_table` (like the paper's Fig. 5)."""
-    sns = _sns()
+    """Dead capsule types per layer for each (PR, I) of a :func:`grid_dead_table` (like the paper's Fig. 5).
+
+    One panel per I, one bar per PR with the same colour in every panel; every bar carries its value,
+    so a panel of 0 % bars says so instead of looking empty.
+    """
+    sns, pl = _sns(), _plots()
     long = table.reset_index().melt(id_vars=["model", "PR", "I"],
                                     value_vars=[c for c in table.columns if c.startswith("dead")],
                                     var_name="layer", value_name="dead types (%)")
     long["dead types (%)"] = pd.to_numeric(long["dead types (%)"], errors="coerce")
     long = long.dropna(subset=["dead types (%)"])
     long["layer"] = long["layer"].str.split().str[1]
+    prs = sorted(long["PR"].unique())
     long["PR"] = long["PR"].map(lambda p: f"PR {p:g}")
+    hue_order = [f"PR {p:g}" for p in prs]
+    palette = pl.level_palette(hue_order)  # the same colour for a PR in every panel
     Is = sorted(long["I"].unique())
-    fig = Figure(figsize=(4.2 * len(Is), 3.0), layout="constrained")
+    fig = Figure(figsize=pl.book_figsize(3.6 * len(Is) + 0.3, 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(Is), sharey=True))
     for ax, I in zip(axes, Is):
-        sns.barplot(data=long[long["I"] == I], x="layer", y="dead types (%)", hue="PR", ax=ax)
-        ax.set_title(f"I = {I}", fontsize=9)
-        ax.set_ylim(0, 103)
-        if ax.get_legend() is not None:
-            ax.legend(fontsize=7, title=None)
+        part = long[long["I"] == I]
+        sns.barplot(data=part, x="layer", y="dead types (%)", hue="PR", hue_order=hue_order, palette=palette,
+                    ax=ax, legend=ax is axes[0])
+        for bars in ax.containers:  # print every value: a 0 % bar has no height, but its "0" shows
+            ax.bar_label(bars, fmt="%.0f", fontsize=pl.FONT["small"], padding=2)
+        if not part["dead types (%)"].any():
+            ax.text(0.5, 0.55, "no dead capsule types\n(every bar is 0 %)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=pl.FONT["base"], color="0.35")
+        ax.set_title(f"I = {I}")
+        ax.set_ylim(0, 110)
+        ax.set_xlabel("capsule layer")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if axes[0].get_legend() is not None:
+        axes[0].get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(pl.wrap_title(title, pl.PAGE_WIDTH_IN, pl.FONT["suptitle"]))
     return fig
 
 
@@ -936,19 +970,29 @@ def kernel_configs(points: Sequence[tuple[Any, RunConfig, str]]) -> pd.DataFrame
 
 def kernel_bars(paper: pd.DataFrame, ours: pd.DataFrame, ours_label: str, title: Optional[str] = None) -> Figure:
     """Table 4 as bars: accuracy per model and convolution setting, the paper's (left) and ours (right)."""
-    sns = _sns()
-    fig = Figure(figsize=(9, 3.0), layout="constrained")
+    sns, pl = _sns(), _plots()
+    # one order and one colour per setting for both panels (the paper's table lists k5 first, ours k3)
+    levels = sorted({str(c) for tab in (paper, ours) for c in tab.columns})
+    palette = pl.level_palette(levels)
+    fig = Figure(figsize=(pl.PAGE_WIDTH_IN, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, tab, label in ((axes[0], paper, "paper (CIFAR-10)"), (axes[1], ours, ours_label)):
         long = tab.reset_index().melt(id_vars="model", var_name="kernels", value_name="test accuracy (%)")
+        long["kernels"] = long["kernels"].astype(str)
         long["test accuracy (%)"] = pd.to_numeric(long["test accuracy (%)"], errors="coerce")
-        sns.barplot(data=long.dropna(), x="model", y="test accuracy (%)", hue="kernels", ax=ax)
-        ax.set_title(label, fontsize=9)
+        sns.barplot(data=long.dropna(), x="model", y="test accuracy (%)", hue="kernels", hue_order=levels,
+                    palette=palette, ax=ax, legend=ax is axes[0])
+        for bars in ax.containers:
+            ax.bar_label(bars, fmt="%.0f", fontsize=pl.FONT["small"], padding=2)
+        ax.set_title(pl.wrap_title(label, pl.PAGE_WIDTH_IN / 2 - 0.3))
         ax.set_xlabel("")
-        if ax.get_legend() is not None:
-            ax.legend(fontsize=7, title=None, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if axes[0].get_legend() is not None:
+        axes[0].get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False, title="kernels")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(pl.wrap_title(title, pl.PAGE_WIDTH_IN, pl.FONT["suptitle"]))
     return fig
 
 
@@ -1041,10 +1085,12 @@ def similarity_heatmaps(model, title: Optional[str] = None) -> Figure:
     """Cosine similarity of every pair of channels of each conv layer: BN-folded (top) and raw kernels (bottom)."""
     from .similarity import layer_similarities, min_cosine_distance
 
-    sns = _sns()
+    sns, pl = _sns(), _plots()
     sims = {True: layer_similarities(model, fold_bn=True), False: layer_similarities(model, fold_bn=False)}
     layers = list(sims[True])
-    fig = Figure(figsize=(2.4 * len(layers) + 0.8, 5.0 + (0.3 if title else 0)), layout="constrained")
+    side = min(2.1, (pl.PAGE_WIDTH_IN - 1.1) / len(layers))
+    fig = Figure(figsize=pl.book_figsize(side * len(layers) + 1.1, 2 * (side + 0.5) + (0.6 if title else 0)),
+                 layout="constrained")
     gs = fig.add_gridspec(2, len(layers) + 1, width_ratios=[1] * len(layers) + [0.06])
     cax = fig.add_subplot(gs[:, -1])
     for i, fold in enumerate((True, False)):
@@ -1054,12 +1100,12 @@ def similarity_heatmaps(model, title: Optional[str] = None) -> Figure:
             sns.heatmap(m, ax=ax, vmin=-1, vmax=1, center=0, cmap="vlag", square=True, xticklabels=False,
                         yticklabels=False, cbar=(i, j) == (0, 0), cbar_ax=cax if (i, j) == (0, 0) else None,
                         cbar_kws={"label": "cosine similarity"} if (i, j) == (0, 0) else None)
-            ax.set_title(f"{layer}: {m.shape[0]} ch, min dist {min_cosine_distance(sims[fold][layer]):.3f}",
-                         fontsize=8)
+            ax.set_title(f"{layer}: {m.shape[0]} ch\nmin dist {min_cosine_distance(sims[fold][layer]):.3f}",
+                         fontsize=pl.FONT["small"])
             if j == 0:
-                ax.set_ylabel("BN-folded [w·s, b']" if fold else "raw kernel w (seed 004)", fontsize=8)
+                ax.set_ylabel("BN-folded [w·s, b']" if fold else "raw kernel w\n(seed 004)", fontsize=pl.FONT["small"])
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(pl.wrap_title(title, pl.PAGE_WIDTH_IN, pl.FONT["suptitle"]))
     return fig
 
 

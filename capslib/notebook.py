@@ -897,17 +897,19 @@ def show_table(df: pd.DataFrame, footer) -> None:
     display(footer)
 
 
-def show_figure(fig, footer, dpi: int = 90) -> None:
-    """Display a figure as a PNG (modest dpi keeps notebooks small) with its provenance footer under it."""
+def show_figure(fig, footer, dpi: Optional[int] = None) -> None:
+    """Display a figure as a PNG (at :data:`capslib.plots.BOOK_DPI`) with its provenance footer under it."""
     from IPython.display import Image, display
 
+    from .plots import BOOK_DPI
     from .widgets import figure_png
 
-    display(Image(data=figure_png(fig, dpi=dpi)))
+    display(Image(data=figure_png(fig, dpi=dpi or BOOK_DPI)))
     display(footer)
 
 
-def show_with_slider(static_fig, panels: Mapping[Any, Any], description: str, footer, dpi: int = 80) -> None:
+def show_with_slider(static_fig, panels: Mapping[Any, Any], description: str, footer,
+                     dpi: Optional[int] = None) -> None:
     """A static figure of a whole grid, a slider over the same grid, and the provenance footer.
 
     The slider (:func:`capslib.widgets.slider_panels`) switches precomputed
@@ -916,8 +918,10 @@ def show_with_slider(static_fig, panels: Mapping[Any, Any], description: str, fo
     """
     from IPython.display import Image, display
 
+    from .plots import BOOK_DPI
     from .widgets import figure_png, slider_panels
 
+    dpi = dpi or BOOK_DPI
     display(Image(data=figure_png(static_fig, dpi=dpi)))
     display(slider_panels({k: figure_png(f, dpi=dpi) for k, f in panels.items()}, description=description))
     display(footer)

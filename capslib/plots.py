@@ -43,6 +43,16 @@ __all__ = [
     "ccm_panels",
     "correlation_heatmaps",
     "correlation_grid",
+    "BOOK_DPI",
+    "PAGE_WIDTH_IN",
+    "FONT",
+    "BOOK_RC",
+    "book_figsize",
+    "integer_ticks",
+    "legend_outside",
+    "legend_below",
+    "wrap_title",
+    "level_palette",
 ]
 
 DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
@@ -56,12 +66,96 @@ PROFILE_NOTES = {
 
 DEAD = 0.01  # dead-capsule threshold of both papers
 
+# ======================================================================================
+# The book's figure defaults: one place for sizes, fonts, integer axes and legends
+# ======================================================================================
+#: Resolution of every figure the book shows (``show_figure``, slider panels).
+BOOK_DPI = 100
+#: Widest figure, in inches: at :data:`BOOK_DPI` it fits the book's text column (about
+#: 800 px), so the page shows it at its natural size and never scales its text down.
+PAGE_WIDTH_IN = 8.0
+#: Font sizes in points. At 100 dpi and natural size, 9 pt is about 12.5 px on the page.
+FONT = {"small": 9.0, "base": 10.0, "title": 10.5, "suptitle": 11.0}
+#: matplotlib settings every figure of the book is drawn with (applied by :func:`_sns`).
+BOOK_RC = {
+    "font.size": FONT["base"], "axes.titlesize": FONT["title"], "axes.labelsize": FONT["base"],
+    "xtick.labelsize": FONT["small"], "ytick.labelsize": FONT["small"], "legend.fontsize": FONT["small"],
+    "legend.title_fontsize": FONT["small"], "figure.titlesize": FONT["suptitle"],
+    "figure.dpi": BOOK_DPI, "savefig.dpi": BOOK_DPI,
+}
+
 
 def _sns():
     import seaborn as sns
 
-    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85)
+    sns.set_theme(style="whitegrid", context="notebook", rc=BOOK_RC)
     return sns
+
+
+def book_figsize(width: float, height: float) -> tuple[float, float]:
+    """``(width, height)`` in inches, the width capped at :data:`PAGE_WIDTH_IN` (height kept)."""
+    return (min(float(width), PAGE_WIDTH_IN), float(height))
+
+
+def integer_ticks(ax, values: Sequence[Any], axis: str = "x", max_ticks: int = 12) -> None:
+    """Ticks of a discrete axis (I, r, epoch, ConvCaps layers): exactly the integer ``values``
+    when there are few of them, else whole numbers only; never 0.25, 0.5, ...
+
+    Non-integer values (e.g. PR 0.125) get their own ticks when there are few of them.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    vals = sorted({float(v) for v in values if v is not None and not pd.isna(v)})
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    if vals and len(vals) <= max_ticks:
+        setter = ax.set_xticks if axis == "x" else ax.set_yticks
+        setter(vals)
+        labels = [f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in vals]
+        (ax.set_xticklabels if axis == "x" else ax.set_yticklabels)(labels)
+    elif all(float(v).is_integer() for v in vals):
+        target.set_major_locator(MaxNLocator(integer=True))
+
+
+def legend_outside(ax, title: Optional[str] = None, **kwargs: Any) -> None:
+    """The axes' legend to its right, outside the data, so that it never covers a line or bar.
+
+    ``layout="constrained"`` makes room for it. Does nothing when the axes have nothing to label.
+    """
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    if not handles:
+        return
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              frameon=False, title=title, **kwargs)
+
+
+def legend_below(ax, title: Optional[str] = None, ncol: Optional[int] = None, **kwargs: Any) -> None:
+    """The axes' legend under its x axis label, in one row where it fits (see :func:`legend_outside`)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    if not handles:
+        return
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22), borderaxespad=0.0,
+              frameon=False, title=title, ncol=ncol or min(len(labels), 2), **kwargs)
+
+
+def wrap_title(text: str, width_in: float, fontsize: float = FONT["title"]) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points
+    (an average glyph is about 0.55 em wide), so a long panel title is never cut off."""
+    import textwrap
+
+    chars = max(12, int(width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)) or text
+
+
+def level_palette(levels: Sequence[Any], palette: str = "deep") -> dict[Any, Any]:
+    """One colour per level, in the given order: pass the same levels to every panel of a figure
+    (and the same ``hue_order``) so that a level has the same colour in each panel."""
+    sns = _sns()
+    levels = list(dict.fromkeys(levels))
+    return dict(zip(levels, sns.color_palette(palette, max(len(levels), 1))))
 
 
 # ======================================================================================
@@ -183,18 +277,18 @@ def squash_curve(max_norm: float = 6.0) -> Figure:
     """
     sns = _sns()
     s = np.linspace(0, max_norm, 400)
-    fig = Figure(figsize=(5.6, 3.0), layout="constrained")
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(s, s**2 / (1 + s**2), lw=2.2, label=r"code, Sabour et al.: $\|s\|^2/(1+\|s\|^2)$")
     ax.plot(s, s / (1 + s), lw=1.8, ls="--", label=r"eq. (4) as printed: $\|s\|/(1+\|s\|)$")
     ax.axhline(DEAD, color="0.4", lw=0.8, ls=":")
-    ax.text(0.98 * max_norm, DEAD + 0.01, "dead-capsule threshold 0.01", ha="right", va="bottom", fontsize=8,
-            color="0.3")
+    ax.text(0.98 * max_norm, DEAD + 0.01, "dead-capsule threshold 0.01", ha="right", va="bottom",
+            fontsize=FONT["small"], color="0.3")
     ax.set_xlabel(r"input length $\|s_j\|$")
     ax.set_ylabel(r"output length $\|v_j\|$")
     ax.set_ylim(0, 1)
     ax.set_xlim(0, max_norm)
-    ax.legend(loc="center right", fontsize=8)
+    ax.legend(loc="center right")
     ax.set_title("Squash (eq. 4): length in [0, 1), direction kept")
     sns.despine(fig=fig)
     return fig
@@ -214,7 +308,7 @@ def _draw_activations(ax, mat: np.ndarray, layers: list[str], cbar_ax=None, anno
     shown = np.where(np.isnan(mat), np.nan, np.clip(mat, vmin, 1.0))
     annot = mat.shape[1] <= 20 if annot is None else annot
     sns.heatmap(shown, ax=ax, mask=np.isnan(mat), norm=LogNorm(vmin=vmin, vmax=1.0), cmap="rocket",
-                annot=np.round(mat, 2) if annot else False, fmt=".2f", annot_kws={"fontsize": 7},
+                annot=np.round(mat, 2) if annot else False, fmt=".2f", annot_kws={"fontsize": FONT["small"]},
                 cbar=cbar_ax is not None, cbar_ax=cbar_ax, linewidths=0.5, linecolor="white",
                 yticklabels=layers, xticklabels=[str(i + 1) for i in range(mat.shape[1])],
                 cbar_kws={"label": "activation (log)"} if cbar_ax is not None else None)
@@ -239,13 +333,19 @@ def activation_heatmap(probe, definition: str = "paper000", title: Optional[str]
     below 0.01 (dead) are outlined in blue; ClassCaps has N class types.
     """
     mat, layers = _activation_matrix(probe, definition)
-    figsize = figsize or (1.6 + 0.5 * mat.shape[1], 0.9 + 0.42 * mat.shape[0])
+    figsize = book_figsize(*(figsize or heatmap_figsize(mat.shape[1], mat.shape[0])))
     fig = Figure(figsize=figsize, layout="constrained")
     gs = fig.add_gridspec(1, 2, width_ratios=[1, 0.04])
     ax, cax = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
     _draw_activations(ax, mat, layers, cbar_ax=cax)
-    ax.set_title(title or f"capsule activations ({definition})", fontsize=10)
+    ax.set_title(wrap_title(title or f"capsule activations ({definition})", figsize[0] - 1.0), fontsize=FONT["title"])
     return fig
+
+
+def heatmap_figsize(types: int, layers: int) -> tuple[float, float]:
+    """Size of :func:`activation_heatmap` for ``types`` columns and ``layers`` rows: cells wide
+    enough for a two-decimal annotation at the book's small font, room for a two-line title."""
+    return book_figsize(2.0 + 0.55 * types, 1.3 + 0.45 * layers)
 
 
 def activation_heatmaps(probes: Mapping[Any, Any], name: str = "r", definition: str = "paper000",
@@ -255,17 +355,18 @@ def activation_heatmaps(probes: Mapping[Any, Any], name: str = "r", definition: 
     mats = [_activation_matrix(probes[k], definition) for k in keys]
     width = max(m.shape[1] for m, _ in mats)
     rows = max(m.shape[0] for m, _ in mats)
-    fig = Figure(figsize=(1.4 + 0.45 * width, 0.6 + (0.42 * rows + 0.5) * len(keys)), layout="constrained")
+    fig = Figure(figsize=book_figsize(2.0 + 0.55 * width, 0.9 + (0.45 * rows + 0.6) * len(keys)),
+                 layout="constrained")
     gs = fig.add_gridspec(len(keys), 2, width_ratios=[1, 0.035])
     cax = fig.add_subplot(gs[:, 1])
     for i, (k, (mat, layers)) in enumerate(zip(keys, mats)):
         ax = fig.add_subplot(gs[i, 0])
         _draw_activations(ax, mat, layers, cbar_ax=cax if i == 0 else None)
-        ax.set_title(f"{name} = {k}", fontsize=9, loc="left")
+        ax.set_title(f"{name} = {k}", fontsize=FONT["base"], loc="left")
         if i < len(keys) - 1:
             ax.set_xlabel("")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title)
     return fig
 
 
@@ -285,7 +386,7 @@ def routing_evolution(summary: pd.DataFrame, samples: Optional[pd.DataFrame] = N
     marks the r the model was trained with.
     """
     sns = _sns()
-    fig = Figure(figsize=(10, 6.2), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 6.6), layout="constrained")
     axes = fig.subplots(2, 2)
     palette = dict(zip(summary["layer"].unique(), sns.color_palette("deep")))
     kw = dict(hue="layer", palette=palette, marker="o")
@@ -300,7 +401,7 @@ def routing_evolution(summary: pd.DataFrame, samples: Optional[pd.DataFrame] = N
     else:
         sns.lineplot(data=summary, x="r", y="max c", ax=axes[0, 1], **kw)
     axes[0, 1].set_ylim(0, 1.02)
-    axes[0, 1].set_title("(b) largest coupling max_j c_ij of each child")
+    axes[0, 1].set_title(wrap_title("(b) largest coupling max_j c_ij of each child", 3.4))
     sns.lineplot(data=summary, x="r", y="agreement (coupled)", ax=axes[1, 0], **kw)
     axes[1, 0].set_title(r"(c) agreement $\sum_j c_{ij}\,\hat u_{j|i}\cdot v_j$")
     sns.lineplot(data=summary, x="r", y="|v| max", ax=axes[1, 1], **kw)
@@ -308,19 +409,19 @@ def routing_evolution(summary: pd.DataFrame, samples: Optional[pd.DataFrame] = N
         acc = summary.dropna(subset=["acc"])
         axes[1, 1].plot(acc["r"], acc["acc"], ls="--", color="0.3", marker="s", ms=4,
                         label="class accuracy")
-        axes[1, 1].legend(fontsize=8)
+        axes[1, 1].legend()
     axes[1, 1].set_ylim(0, 1.02)
-    axes[1, 1].set_title("(d) longest parent ‖v_j‖ (and class accuracy)")
+    axes[1, 1].set_title(wrap_title("(d) longest parent ‖v_j‖ (and class accuracy)", 3.4))
     rs = sorted(summary["r"].unique())
     for ax in axes.flat:
-        ax.set_xticks(rs)
+        integer_ticks(ax, rs)
         ax.set_xlabel("routing iteration r")
         if trained_r is not None:
             ax.axvline(trained_r, color="0.5", ls=":", lw=1)
         if ax.get_legend() is not None and ax is not axes[1, 1]:
-            ax.legend(fontsize=8, title=None)
+            ax.legend(title=None)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(wrap_title(title, PAGE_WIDTH_IN, FONT["suptitle"]))
     return fig
 
 
@@ -339,7 +440,7 @@ def metric_panels(df: pd.DataFrame, groups: Mapping[str, Sequence[str]], x: Opti
     sns = _sns()
     data = df.reset_index() if x is None else df
     x = x or df.index.name or "index"
-    fig = Figure(figsize=figsize or (4.2 * len(groups), 3.0), layout="constrained")
+    fig = Figure(figsize=book_figsize(*(figsize or (4.0 * len(groups), 3.4))), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(groups)))
     for ax, (label, cols) in zip(axes, groups.items()):
         long = data.melt(id_vars=[x], value_vars=list(cols), var_name="series", value_name=label)
@@ -347,16 +448,13 @@ def metric_panels(df: pd.DataFrame, groups: Mapping[str, Sequence[str]], x: Opti
         if xscale == "symlog":
             positive = sorted(v for v in data[x] if v > 0)
             ax.set_xscale("symlog", linthresh=positive[0] if positive else 1.0)
-        values = list(data[x])
-        ax.set_xticks(values)
-        ax.set_xticklabels([f"{v:g}" for v in values])
-        ax.set_title(label, fontsize=10)
+        integer_ticks(ax, list(data[x]))
+        ax.set_title(label)
         if ylim and label in ylim:
             ax.set_ylim(*ylim[label])
-        if ax.get_legend() is not None:
-            ax.legend(fontsize=7, title=None)
+        legend_below(ax)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(wrap_title(title, PAGE_WIDTH_IN, FONT["suptitle"]))
     return fig
 
 
@@ -387,7 +485,7 @@ def _draw_corr(ax, m, label: str, cbar_ax=None):
                 yticklabels=False, cbar=cbar_ax is not None, cbar_ax=cbar_ax,
                 cbar_kws={"label": "corr"} if cbar_ax is not None else None)
     ax.grid(False)
-    ax.set_title(f"{label}: {m.shape[0]} ch, CCM {np.abs(m).mean():.2f}", fontsize=8)
+    ax.set_title(f"{label}: {m.shape[0]} ch\nCCM {np.abs(m).mean():.2f}", fontsize=FONT["small"])
 
 
 def correlation_heatmaps(corrs: Mapping[str, Any], title: Optional[str] = None) -> Figure:
@@ -404,7 +502,8 @@ def correlation_grid(corrs_by_key: Mapping[Any, Mapping[str, Any]], name: str = 
     """
     keys = list(corrs_by_key)
     layers = list(next(iter(corrs_by_key.values())))
-    fig = Figure(figsize=(2.3 * len(layers) + 0.6, 2.3 * len(keys) + (0.4 if title else 0.1)),
+    side = min(2.1, (PAGE_WIDTH_IN - 0.9) / len(layers))
+    fig = Figure(figsize=book_figsize(side * len(layers) + 0.9, (side + 0.35) * len(keys) + (0.5 if title else 0.1)),
                  layout="constrained")
     gs = fig.add_gridspec(len(keys), len(layers) + 1, width_ratios=[1] * len(layers) + [0.06])
     cax = fig.add_subplot(gs[:, -1])
@@ -413,7 +512,7 @@ def correlation_grid(corrs_by_key: Mapping[Any, Mapping[str, Any]], name: str = 
             ax = fig.add_subplot(gs[i, j])
             _draw_corr(ax, corrs_by_key[k][layer], layer, cbar_ax=cax if (i, j) == (0, 0) else None)
             if j == 0 and (name or k != ""):
-                ax.set_ylabel(f"{name} = {k}" if name else str(k), fontsize=9)
+                ax.set_ylabel(f"{name} = {k}" if name else str(k), fontsize=FONT["base"])
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(wrap_title(title, PAGE_WIDTH_IN, FONT["suptitle"]))
     return fig

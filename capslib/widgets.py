@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Union
+from typing import Optional, Union
 
 import ipywidgets as widgets
 
@@ -41,18 +41,21 @@ Panel = Union["matplotlib.figure.Figure", bytes]  # noqa: F821 (string annotatio
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def figure_png(fig, dpi: int = 100, close: bool = True) -> bytes:
+def figure_png(fig, dpi: Optional[int] = None, close: bool = True) -> bytes:
     """Render a matplotlib figure to PNG bytes.
 
     ``close=True`` (the default) closes the figure afterwards: the inline
     backend would otherwise display every open figure at the end of the cell,
     duplicating the panel as a static image below the slider.
+    ``dpi`` defaults to :data:`capslib.plots.BOOK_DPI`, the resolution of every figure of the book.
     The figure keeps its own size (no ``bbox_inches="tight"``), so panels
     made with the same ``figsize`` are the same size and the page does not
     jump while the slider moves; ``layout="constrained"`` trims margins.
     """
+    from .plots import BOOK_DPI
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi or BOOK_DPI)
     if close:
         import matplotlib.pyplot as plt
 
