@@ -281,7 +281,7 @@ def plot_depth_study(frame: pd.DataFrame, title: Optional[str] = None, threshold
     """
     from matplotlib.figure import Figure
 
-    from .plots import _sns
+    from .plots import PAGE_WIDTH_IN, _sns, integer_ticks, wrap_title
 
     sns = _sns()
     if frame.empty:
@@ -294,16 +294,16 @@ def plot_depth_study(frame: pd.DataFrame, title: Optional[str] = None, threshold
     panels = [("test accuracy (%)", "test accuracy (%)", "linear"),
               ("dead_caps", f"dead capsule types (of C = {int(df['C'].max())})", "linear"),
               ("weakest_act", "weakest ConvCaps layer: mean activation", "log")]
-    fig = Figure(figsize=(12.5, 3.4), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.9), layout="constrained")  # the book's text width
     axes = fig.subplots(1, 3)
     for ax, (col, label, scale) in zip(axes, panels):
         sns.lineplot(data=df, x="depth", y=col, hue="routing", hue_order=hue_order, palette=palette,
                      marker="o", errorbar=None, ax=ax, legend=ax is axes[0])
         ax.set_yscale(scale)
-        ax.set_xticks(sorted(set(df["depth"])))
+        integer_ticks(ax, sorted(set(df["depth"])))
         ax.set_xlabel("ConvCaps layers")
         ax.set_ylabel("")
-        ax.set_title(label, fontsize=10)
+        ax.set_title(wrap_title(label, PAGE_WIDTH_IN / 3 - 0.2))
         if col == "test accuracy (%)":
             ax.axhline(100 / 10, color="0.5", ls=":", lw=1)  # chance, 10 classes
         if col == "dead_caps":
@@ -316,10 +316,9 @@ def plot_depth_study(frame: pd.DataFrame, title: Optional[str] = None, threshold
     if legend is not None:
         handles, labels = axes[0].get_legend_handles_labels()
         legend.remove()
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, title="routing",
-                   frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), title="routing", frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(wrap_title(title, PAGE_WIDTH_IN))
     return fig
 
 
@@ -428,7 +427,7 @@ def plot_capsule_activation_grid(rows: Sequence[Mapping[str, Any]], threshold: f
     width = max(len(a[k]) for (a, b, _), ls in zip(snaps, layer_lists) for k in ls)
     height = sum(0.75 + 0.42 * len(ls) for ls in layer_lists)
     norm = Normalize(0.0, 1.0)
-    fig = Figure(figsize=(max(8.5, 3.5 + 0.84 * width), height + 0.6), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 3.5 + 0.84 * width), height + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), 2, squeeze=False, height_ratios=[len(ls) + 1 for ls in layer_lists])
     for (a_first, a_last, lab), layers, pair in zip(snaps, layer_lists, axes):
         _draw_snapshot(pair[0], a_first, layers, width, "epoch 1", threshold, cmap, norm)
