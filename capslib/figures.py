@@ -108,7 +108,13 @@ REPO = Path(__file__).resolve().parents[1]
 # ======================================================================================
 # Scale: the one place for the smoke sizes of these chapters and their sweeps
 # ======================================================================================
-_SMOKE_DATA = dict(train_size=1000, val_size=1000, test_size=500, collapse_epochs=1)
+def _smoke_data() -> dict[str, Any]:
+    from .notebook import BOOK_SMOKE_DATA  # the one place the book's smoke subsets are set
+
+    return dict(BOOK_SMOKE_DATA["tables"], collapse_epochs=1)
+
+
+_SMOKE_DATA = _smoke_data()
 
 #: Chapter sizes per profile, applied on top of :data:`capslib.notebook.CHAPTER_SCALE`
 #: (``None`` parameters take these). ``"*"`` holds every chapter's. Smoke: 1,000
@@ -360,10 +366,31 @@ def ours_pivot(rep_table: pd.DataFrame, columns: str, decimals: int = 0, index: 
     return out
 
 
-def paper_note(table: str, unit: str = "test accuracy in %"):
-    """Markdown footer of a paper table: where its numbers come from."""
+#: What the numbers of each paper table are, for captions (``paper_note``) and the reproduction page.
+PAPER_UNITS = {
+    "table1": "test accuracy in %", "table2": "test accuracy in %", "table3": "test accuracy in %",
+    "table4": "test accuracy in %", "table5": "maximum depth I (IntermediateCaps layers that still train)",
+    "fig3": "validation accuracy in %",
+}
+
+
+def _table_key(table: str) -> Optional[str]:
+    """``"Table 5 (maximum depth ...)"`` -> ``"table5"``, ``"Fig. 3"`` -> ``"fig3"``, else None."""
+    m = re.match(r"\s*(table|fig\.?)\s*(\d+)", table, re.I)
+    if not m:
+        return None
+    return ("table" if m[1].lower() == "table" else "fig") + m[2]
+
+
+def paper_note(table: str, unit: Optional[str] = None):
+    """Markdown footer of a paper table: where its numbers come from and what they are.
+
+    ``unit`` defaults to the table's own (:data:`PAPER_UNITS`: accuracy in %, or Table 5's maximum
+    depth), looked up from the table's name (``"Table 5 (...)"``).
+    """
     from IPython.display import Markdown
 
+    unit = unit or PAPER_UNITS.get(_table_key(table) or "", "test accuracy in %")
     return Markdown(f"*Source:* Sahu & Altahhan (2024), {table}, as printed: CIFAR-10, {unit}. "
                     "The paper's numbers, not computed here.")
 
@@ -398,21 +425,29 @@ def stage_model(result, stage: str):
 
 
 def stage_table(result) -> pd.DataFrame:
-    """One row per pipeline stage: model, widths, parameters, MACs, accuracies (whole %), dead types."""
+    """One column per pipeline stage (base, ccm, pruned, retrain), one row per quantity: model, backbone
+    widths, parameters, MACs per image, CCM α, epochs, accuracies (whole %) and dead types per layer (%).
+
+    Stages are columns so that the table stays narrow on a page; every cell is text, formatted once.
+    """
     from .notebook import layer_order
 
-    rows = []
+    cols = {}
     for name, rec in result.stages.items():
         m = rec.config.model
         dead = rec.dead
-        rows.append({
-            "stage": name, "model": f"CapsNet[C={m.C}, D={m.D}, I={m.I}]",
-            "widths": "/".join(map(str, m.widths)), "params": rec.params, "MACs/image": rec.macs,
-            "α (CCM)": rec.config.train.alpha, "epochs": len(rec.result.history),
-            "val acc (%)": int(round(100 * rec.val_acc)), "test acc (%)": int(round(100 * rec.test_acc)),
-            "dead types (%)": " ".join(f"{k} {100 * dead[k]:.0f}" for k in sorted(dead, key=layer_order)),
-        })
-    return pd.DataFrame(rows).set_index("stage")
+        col = {
+            "model": f"[C={m.C}, D={m.D}, I={m.I}]", "backbone widths": "/".join(map(str, m.widths)),
+            "params": f"{rec.params:,}", "MACs / image": f"{rec.macs:,}", "α (CCM)": f"{rec.config.train.alpha:g}",
+            "epochs": str(len(rec.result.history)), "val acc (%)": str(int(round(100 * rec.val_acc))),
+            "test acc (%)": str(int(round(100 * rec.test_acc))),
+        }
+        for k in sorted(dead, key=layer_order):
+            col[f"dead {k} (%)"] = f"{100 * dead[k]:.0f}"
+        cols[name] = col
+    table = pd.DataFrame(cols).fillna("–")
+    table.columns.name = "stage"
+    return table
 
 
 def chip_scores(model, cfg: RunConfig, estimators: Sequence[str] = ("per_image", "batch_mean"),
@@ -1181,11 +1216,32 @@ def _ours_md(name: str, table: pd.DataFrame, smoke: bool) -> str:
     for c in ("ours", "ours_std", "delta", "dead_inter"):
         if c in t:
             t[c] = t[c].map(lambda v: v if isinstance(v, str) else (math.nan if pd.isna(v) else round(float(v), 2)))
+    if name == "table5":  # a maximum depth is a whole number of layers (a mean over seeds may not be)
+        for c in ("ours", "paper", "delta"):
+            if c in t:
+                t[c] = t[c].map(_depth_cell)
+    # provenance that is the same on every row goes under the table, not into four more columns
+    same = [c for c in ("dataset", "profile", "device", "capslib_version") if c in t and t[c].nunique(dropna=False) == 1]
+    provenance = ", ".join(f"{'capslib' if c == 'capslib_version' else c} {t[c].iloc[0]}" for c in same)
+    t = t.drop(columns=same)
     unit = "max I" if name == "table5" else ("val acc %" if name == "fig3" else "test acc %")
-    t = t.rename(columns={"ours": f"ours ({unit})", "ours_std": "± std (seeds)", "paper": f"paper ({unit})",
-                          "delta": "delta, meaningless at smoke scale" if smoke else "delta (ours − paper)",
+    t = t.rename(columns={"ours": f"ours ({unit})", "ours_std": "± std", "paper": f"paper ({unit})",
+                          "delta": "delta*" if smoke else "ours − paper",
                           "dead_inter": "dead IntermediateCaps types (%)", "capslib_version": "capslib"})
-    return _md(t, 2, index=False)
+    notes = []
+    if provenance:
+        notes.append(f"All rows: {provenance}.")
+    if smoke and "delta*" in t:
+        notes.append("\\* ours − paper; meaningless at smoke scale (different data, model sizes and budgets).")
+    return _md(t, 2, index=False) + ("\n\n" + " ".join(notes) if notes else "")
+
+
+def _depth_cell(v: Any) -> Any:
+    """A maximum depth as a whole number when it is one (``2``, not ``2.00``); text (``>30``) unchanged."""
+    if isinstance(v, str) or v is None or (isinstance(v, float) and math.isnan(v)):
+        return v
+    f = float(v)
+    return int(f) if f.is_integer() else round(f, 2)
 
 
 def _store_status(name: str, profile: str, results_root: Optional[str]) -> tuple[bool, str]:
@@ -1211,7 +1267,11 @@ def reproduction_markdown(results_root: Optional[str] = None) -> str:
     from .experiments import PAPER_TABLES, TABLE1_CONFIGS, TABLE1_PR, get_experiment
     from .report import report
 
+    from .notebook import sizes_phrase
+
     full_any = [p for p in _FULL_PROFILES for n in _PAGE_TABLES if _store_status(n, p, results_root)[0]]
+    smoke_data = sweep_overrides("table1", "smoke")
+    subset = sizes_phrase(smoke_data["train_size"], smoke_data["val_size"], smoke_data["test_size"])
     out = [
         "# Reproduction: the paper's tables beside ours",
         "",
@@ -1227,8 +1287,8 @@ def reproduction_markdown(results_root: Optional[str] = None) -> str:
         "```{admonition} Read this before any number below",
         ":class: warning",
         "* **Smoke numbers are not a reproduction.** The book is built with the `smoke` profile: tiny "
-        "CapsNets (C ≤ 8, D ≤ 8, I ≤ 2) trained for one epoch (two for Fig. 3) on 1,000 Fashion-MNIST images on a "
-        "CPU with seed 0, validated on 1,000 and tested on 500. The paper trains CapsNet[C=20, D=8] and larger "
+        f"CapsNets (C ≤ 8, D ≤ 8, I ≤ 2) trained for one epoch (two for Fig. 3) on a CPU with seed 0, on a "
+        f"Fashion-MNIST subset of {subset}. The paper trains CapsNet[C=20, D=8] and larger "
         "on all of CIFAR-10 on a GPU. The smoke grids are "
         "miniatures with the *shape* of each table (other C, D, I and PR values), so most smoke rows have no "
         "paper counterpart, and where a key matches, **the delta compares different datasets, model sizes and "
@@ -1286,7 +1346,7 @@ def reproduction_markdown(results_root: Optional[str] = None) -> str:
                 n = len(exp.grid(profile))
                 out += [f"Smoke grid ({n} run{'s' if n != 1 else ''}): {grid}. "
                         f"Overrides: `{json.dumps(sweep_overrides(name, profile))}`.", ""]
-        out += _differences(name)
+        out += _differences(name, smoke_data["val_size"])
     out += [
         "## Rebuilding this page", "",
         "```bash",
@@ -1298,7 +1358,7 @@ def reproduction_markdown(results_root: Optional[str] = None) -> str:
     return "\n".join(out)
 
 
-def _differences(name: str) -> list[str]:
+def _differences(name: str, val_size: int) -> list[str]:
     """Where our setting differs from the paper's, table by table (said plainly on the page)."""
     notes = {
         "table1": ["Smoke: CapsNet[C=8, D=4] and [C=8, D=8] at PR 0, 0.25, 0.5; none of the paper's six "
@@ -1316,7 +1376,7 @@ def _differences(name: str) -> list[str]:
                    "(the paper's 32×32 CIFAR-10 gives 16×16)."],
         "table5": ["Smoke: one configuration, CapsNet[C=8, D=4], searched only up to I = 2 with one epoch per "
                    "depth; a depth counts as collapsed when its validation accuracy is within 2 points of chance "
-                   "(1,000 validation images). A smoke 'maximum depth' of 2 therefore means 'at least 2'."],
+                   f"({val_size:,} validation images). A smoke 'maximum depth' of 2 therefore means 'at least 2'."],
         "fig3": ["Smoke: CapsNet[C=4, D=4, I=2] for two epochs instead of [C=20, D=8, I=6] for many; the values "
                  "are validation accuracy per epoch and the mean dead fraction of the IntermediateCaps layers."],
     }

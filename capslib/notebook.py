@@ -56,6 +56,9 @@ __all__ = [
     "describe_parameters",
     "chapter_scale",
     "chapter_config",
+    "BOOK_SMOKE_DATA",
+    "sizes_phrase",
+    "smoke_sizes",
     "ccm_alpha",
     "describe_config",
     "load_data",
@@ -396,10 +399,20 @@ def check_parameters(namespace: dict, spec: Mapping[str, Param] | str) -> dict[s
 #: and the profile's data and epochs.
 #: Keys are config fields (bare names, as :func:`capslib.config.profile` takes)
 #: plus ``alpha`` for the CCM chapter; ``"*"`` holds every chapter's defaults.
+#: The Fashion-MNIST subsets of the book's smoke runs: the one place where their sizes are set.
+#: ``"chapters"``: the routing and CCM chapters (the routing chapter's seed-002 depth study uses the
+#: same train/val sizes, set with its sweep points in :mod:`capslib.experiments`); ``"tables"``: the
+#: CHIP, depth and kernels chapters and the paper-table sweeps they run (1,000 validation images, so
+#: that chance level, 10 % ± 2 points, is a reliable collapse signal). :func:`smoke_sizes` reads the
+#: sizes back from the configs the runs use, and the README and the book quote them (tests check it).
+BOOK_SMOKE_DATA: dict[str, dict[str, int]] = {
+    "chapters": dict(train_size=2000, val_size=500, test_size=1000),
+    "tables": dict(train_size=1000, val_size=1000, test_size=500),
+}
+
 CHAPTER_SCALE: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
-        "*": dict(C=4, D=4, I=1, epochs=1, train_size=2000, val_size=500, test_size=1000,
-                  batch_size=64, recompute_votes=False),
+        "*": dict(C=4, D=4, I=1, epochs=1, **BOOK_SMOKE_DATA["chapters"], batch_size=64, recompute_votes=False),
         "ccm": dict(C=8, D=4, I=0, alpha=0.1),
     },
     "fmnist": {
@@ -444,6 +457,39 @@ def chapter_config(PROFILE: str = "smoke", DATASET: Optional[str] = None, SEED: 
     values["seed"] = SEED
     values.update(overrides)
     return make_profile(PROFILE, **values)
+
+
+def sizes_phrase(train: Optional[int], val: int, test: Optional[int]) -> str:
+    """``"2,000 training, 500 validation and 1,000 test images"``: how the book and README quote a subset."""
+    def n(v: Optional[int]) -> str:
+        return "all" if v is None else f"{v:,}"
+
+    return f"{n(train)} training, {n(val)} validation and {n(test)} test images"
+
+
+def smoke_sizes() -> dict[str, tuple[Optional[int], int, Optional[int]]]:
+    """``{runs: (train, val, test)}``: the image counts of every kind of smoke run, read from the configs
+    those runs are built with (``None``: the whole split). The README and the book quote these.
+
+    * ``"profile"``: the ``smoke`` profile itself (:data:`capslib.config.PROFILES`), used by
+      ``capslib train`` / ``prune`` / ``sweep`` from the command line;
+    * ``"routing, ccm"``: the routing and CCM chapters (:data:`CHAPTER_SCALE`);
+    * ``"routing depth study"``: the routing chapter's seed-002 comparison (the ``seed002_depth`` points);
+    * ``"chip, depth, kernels"``: those chapters and the paper-table sweeps they run
+      (:data:`capslib.figures.CHAPTER_DEFAULTS`, :data:`capslib.figures.SWEEP_OVERRIDES`).
+    """
+    from . import figures as fg
+    from .depth_study import depth_config
+
+    def of(cfg: RunConfig) -> tuple[Optional[int], int, Optional[int]]:
+        return (cfg.data.train_size, cfg.data.val_size, cfg.data.test_size)
+
+    return {
+        "profile": of(PROFILES["smoke"]()),
+        "routing, ccm": of(chapter_config("smoke", chapter="routing")),
+        "routing depth study": of(depth_config(STUDY_ROUTINGS[0], 1, profile="smoke")),
+        "chip, depth, kernels": of(fg.chapter_cfg("smoke", chapter="chip")),
+    }
 
 
 def ccm_alpha(PROFILE: str, ALPHA: Optional[float] = None) -> float:
