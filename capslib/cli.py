@@ -198,7 +198,50 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         if hasattr(mod, "register_cli"):
             mod.register_cli(sub)
+    _describe_sweep_commands(sub)
     return parser
+
+
+def _experiment_names() -> str:
+    from .experiments import EXPERIMENTS
+
+    return ", ".join(EXPERIMENTS)
+
+
+def _describe_sweep_commands(sub) -> None:
+    """``capslib sweep`` / ``report``: name every experiment (from :data:`capslib.experiments.EXPERIMENTS`,
+    so a new one is listed too) and print ``sweep list`` in aligned columns."""
+    choices = getattr(sub, "choices", {}) or {}
+    names = _experiment_names()
+    sweep = choices.get("sweep")
+    if sweep is not None:
+        sweep.description = (f"Run the grid of a named experiment ({names}) as independent runs. Finished points "
+                             "are skipped on re-run; failures are retried, then recorded. 'capslib sweep list' "
+                             "lists the experiments with their run counts.")
+        for action in sweep._actions:
+            if action.dest == "name":
+                action.help = f"experiment name ({names}), or 'list'"
+        run = sweep.get_default("func")
+        if run is not None:
+            sweep.set_defaults(func=lambda args: _sweep_list() if args.name == "list" else run(args))
+    report = choices.get("report")
+    if report is not None:
+        for action in report._actions:
+            if action.dest == "name":
+                action.help = f"experiment name ({names})"
+
+
+def _sweep_list() -> int:
+    """``capslib sweep list``: every experiment, its number of runs per profile and its title, aligned."""
+    from .experiments import EXPERIMENTS
+
+    header = ("experiment", "runs (smoke)", "runs (paper)", "title")
+    rows = [(name, str(len(exp.grid("smoke"))), str(len(exp.grid("paper"))), exp.title)
+            for name, exp in EXPERIMENTS.items()]
+    w = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for r in [header, *rows]:
+        print(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]}")
+    return 0
 
 
 #: Modules that add subcommands: each has ``register_cli(subparsers)``.

@@ -116,11 +116,26 @@ def test_page_has_slider_state(built):
 
 
 def test_launch_buttons_open_source_notebook(built):
+    """Where a repository is configured (the fixture's), launch buttons open notebooks/<name>.ipynb."""
     _, html = built
     text = page(html, "book/demo.html")
-    colab = "colab.research.google.com/github/your-org/capslib/blob/main/notebooks/demo.ipynb"
+    colab = "colab.research.google.com/github/fixture-org/capslib-fixture/blob/main/notebooks/demo.ipynb"
     assert colab in text
     assert "/book/demo.ipynb" not in text
+
+
+def test_real_book_has_no_placeholder_buttons():
+    """There is no public repository: the real book configures no repository, Binder or Colab button
+    (a placeholder URL would send readers nowhere), and sets the theme's colour mode."""
+    import yaml
+
+    config = yaml.safe_load((book.REPO_ROOT / "_config.yml").read_text(encoding="utf8"))
+    assert "your-org" not in (book.REPO_ROOT / "_config.yml").read_text(encoding="utf8")
+    assert not config.get("repository", {}).get("url")
+    assert not config["html"].get("use_repository_button")
+    assert not config.get("launch_buttons", {}).get("binderhub_url")
+    assert not config.get("launch_buttons", {}).get("colab_url")
+    assert config["sphinx"]["config"]["html_context"]["default_mode"] in ("light", "dark", "auto")
 
 
 def test_executed_copy_is_clean(built):

@@ -1,10 +1,19 @@
-"""The static slider works in a real browser, with no kernel and no network.
+"""The book in a real browser, with no kernel and no network: a reader's check.
 
-Builds the fixture book with ``--offline``, serves it from a local
-``http.server`` thread and opens it in Debian's headless Chromium (selenium +
-chromium-driver). Every host other than 127.0.0.1 is unresolvable, so a page
-that still needed a CDN would fail here. Screenshots are kept in
-``artifacts/browser/`` (gitignored).
+Two books are built with ``--offline``, served from a local ``http.server``
+thread and opened in Debian's headless Chromium (selenium + chromium-driver);
+every host other than 127.0.0.1 is unresolvable, so a page that still needed a
+CDN would fail here.
+
+* The fixture book (``tests/fixtures/book``): panels of known colours, so the
+  tests can tell exactly which panel a slider shows.
+* The real book (``_toc.yml``): rendered in a temporary folder from the
+  chapters the last ``make book`` executed (``book/<name>.ipynb``), else from
+  the committed notebooks. Every page of the table of contents loads with no
+  console error and no request off the machine, every figure has pixels and is
+  shown at its natural size, no table is wider than the text, and every slider
+  switches its panel. A full-page screenshot of every page is kept in
+  ``artifacts/browser/pages/`` (gitignored).
 """
 from __future__ import annotations
 
@@ -16,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from capslib.book import REPO_ROOT, build_book
+from capslib.book import REPO_ROOT, _toc_files, build_book, chapters_from_toc
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -29,6 +38,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 #: Panel background colours of the fixture notebook (tests/fixtures/book).
+#: A common laptop window: the book's text column is then 854 px, which the figures are sized for
+#: (capslib.plots.PAGE_WIDTH_IN at BOOK_DPI), so they are shown at their natural size.
+WINDOW = (1440, 1000)
+
 PANELS_RGB = [(0xF4, 0xCC, 0xCC), (0xCF, 0xE2, 0xF3), (0xD9, 0xEA, 0xD3)]  # PR 0, 0.25, 0.5
 GRID_RGB = {("8/4", "0"): (0xFF, 0xF2, 0xCC), ("8/4", "0.5"): (0xD9, 0xD2, 0xE9),
             ("16/8", "0"): (0xD0, 0xE0, 0xE3), ("16/8", "0.5"): (0xEA, 0xD1, 0xDC)}
@@ -67,7 +80,7 @@ def browser(tmp_path_factory):
         "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-quic",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        "--window-size=1200,1000",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -185,20 +198,13 @@ def test_grid_sliders_switch_panels_without_kernel(page):
 
 
 def test_page_loaded_only_local_resources(site, page):
-    """No request left 127.0.0.1, no script threw and no request failed.
-
-    Console messages that page scripts log on purpose (the theme logs one as
-    an error on a fresh profile) are not failures; uncaught exceptions
-    ("javascript") and failed loads ("network") are.
-    """
+    """No request left 127.0.0.1 and the console holds no error: no script threw, no request failed,
+    and no page script logged an error (the theme's "invalid theme mode" included)."""
     resources = page.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)")
     remote = [u for u in resources if not u.startswith((site, "blob:", "data:"))]
     assert remote == []
-    errors = [entry["message"] for entry in page.get_log("browser")
-              if entry["level"] == "SEVERE" and entry["source"] in ("javascript", "network")
-              and "favicon.ico" not in entry["message"]]
-    assert errors == []
+    assert _console_errors(page) == []
 
 
 def test_every_widget_module_resolves_its_fonts_to_the_managers_folder(site, page):
@@ -213,3 +219,179 @@ def test_every_widget_module_resolves_its_fonts_to_the_managers_folder(site, pag
         "return performance.getEntriesByType('resource').map(e => e.name)"
         ".filter(u => /\\/[0-9a-f]{20}\\.(woff2?|ttf)$/.test(u))")
     assert fonts and all(u.startswith(folder) for u in fonts), fonts
+
+
+def _console_errors(driver) -> list[str]:
+    """Every error-level console entry since the last call (uncaught exceptions, failed loads, console.error)."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]]
+
+
+# ======================================================================================
+# The real book
+# ======================================================================================
+def _toc_pages(root: Path) -> list[str]:
+    """``book/<name>`` of every page of ``_toc.yml``, in reading order."""
+    import re
+
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf8"))
+    return [re.sub(r"\.(ipynb|md)$", "", f) for f in _toc_files(toc)]
+
+
+REAL_PAGES = _toc_pages(REPO_ROOT)
+PAGE_SHOTS = ARTIFACTS / "pages"
+
+
+@pytest.fixture(scope="module")
+def real_site(tmp_path_factory):
+    """The real book rendered (not executed) in a temporary folder, served on 127.0.0.1.
+
+    Chapters come from ``book/<name>.ipynb`` when ``make book`` executed them, else from the committed
+    ``notebooks/<name>.ipynb``; nothing is written into the checkout but the offline assets cache.
+    """
+    root = tmp_path_factory.mktemp("browser") / "real-book"
+    (root / "book").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO_ROOT / name, root / name)
+    shutil.copytree(REPO_ROOT / "notebooks", root / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for page in REPO_ROOT.glob("book/*.md"):
+        shutil.copy2(page, root / "book" / page.name)
+    for name in chapters_from_toc(REPO_ROOT):
+        executed = REPO_ROOT / "book" / f"{name}.ipynb"
+        if executed.is_file():
+            shutil.copy2(executed, root / "book" / executed.name)
+    html = build_book(root=root, offline=True, only=[], assets_cache=REPO_ROOT / ".offline_assets")
+    built = sorted(str(p.relative_to(html).with_suffix("")) for p in (html / "book").glob("*.html"))
+    assert built == sorted(REAL_PAGES), "the HTML pages are not exactly the pages of _toc.yml"
+    handler = functools.partial(_QuietHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+_PIXELS_JS = """
+const img = arguments[0];
+if (!img.complete || img.naturalWidth === 0) return null;
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+const d = ctx.getImageData(0, 0, c.width, c.height).data;
+const seen = new Set();
+for (let i = 0; i < d.length; i += 4 * 97) { seen.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]); if (seen.size > 8) break; }
+return {colours: seen.size, natural: img.naturalWidth, shown: img.getBoundingClientRect().width};
+"""
+
+
+def _image_ok(driver, img) -> dict:
+    """Pixel facts of a loaded image (None when it has no pixels)."""
+    return driver.execute_script(_PIXELS_JS, img)
+
+
+def _wait_for_widgets(driver, timeout: float = 90) -> list:
+    """Wait until every widget view of the page is rendered with one visible panel; return the explorers."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    views = len(driver.find_elements(By.CSS_SELECTOR, 'script[type="application/vnd.jupyter.widget-view+json"]'))
+    WebDriverWait(driver, timeout).until(
+        lambda d: len(_explorers(d)) == views and all(len(_visible_panels(e)) == 1 for e in _explorers(d)))
+    return _explorers(driver)
+
+
+def _save_full_page(driver, name: str, tile: int = 4000) -> list[Path]:
+    """Screenshots of the whole page as a reader scrolls it: the window made ``tile`` px tall, one PNG per
+    window-full (``<name>-01.png``, ...; one ``<name>.png`` when the page fits)."""
+    PAGE_SHOTS.mkdir(parents=True, exist_ok=True)
+    for old in PAGE_SHOTS.glob(f"{name}*.png"):
+        old.unlink()
+    driver.set_window_size(WINDOW[0], tile)
+    try:
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        view = driver.execute_script("return window.innerHeight")
+        tops = list(range(0, max(height - view, 0) + 1, view)) or [0]
+        if tops[-1] < height - view:
+            tops.append(height - view)
+        paths = []
+        for i, top in enumerate(tops, start=1):
+            driver.execute_script("window.scrollTo(0, arguments[0])", top)
+            path = PAGE_SHOTS / (f"{name}.png" if len(tops) == 1 else f"{name}-{i:02d}.png")
+            driver.save_screenshot(str(path))
+            paths.append(path)
+        return paths
+    finally:
+        driver.set_window_size(*WINDOW)
+
+
+@pytest.mark.parametrize("name", REAL_PAGES)
+def test_real_book_page_as_a_reader_sees_it(real_site, browser, name):
+    """One page of the real book: loads offline with no console error, every figure has pixels and is
+    shown at its natural size, no table overflows the text, no link to a placeholder repository, every
+    slider of every explorer switches its panel; a full-page screenshot is kept."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _console_errors(browser)  # drop what earlier pages logged
+    browser.get(f"{real_site}/{name}.html")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    if browser.find_elements(By.CSS_SELECTOR, "div.math, span.math"):
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "mjx-container mjx-math"))
+    explorers = _wait_for_widgets(browser)
+    article = browser.find_element(By.CSS_SELECTOR, "article.bd-article")
+
+    # figures: every image in the text (static figures and the visible slider panels) has pixels
+    problems = []
+    for img in article.find_elements(By.CSS_SELECTOR, "img"):
+        if not img.is_displayed():
+            continue  # a panel a slider does not show now; checked below when it does
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
+        WebDriverWait(browser, 20).until(lambda d: _image_ok(d, img) is not None)
+        facts = _image_ok(browser, img)
+        src = (img.get_attribute("src") or "")[-60:]
+        if facts["colours"] < 2:
+            problems.append(f"blank image {src}")
+        elif facts["natural"] > 1.05 * facts["shown"] + 1:  # downscaled: its text is smaller than drawn
+            problems.append(f"image {src} is {facts['natural']} px wide but shown at {facts['shown']:.0f} px")
+    # tables: none wider than the text column (no horizontal scrolling)
+    width = browser.execute_script("return arguments[0].clientWidth", article)
+    for table in article.find_elements(By.CSS_SELECTOR, "table"):
+        w = browser.execute_script("return arguments[0].scrollWidth", table)
+        if w > width + 1:
+            first = table.text.splitlines()[0][:80] if table.text else ""
+            problems.append(f"table {w} px wide in a {width} px column: {first}")
+    # links: no button to a repository, Binder or Colab that does not exist
+    hrefs = [a.get_attribute("href") or "" for a in browser.find_elements(By.CSS_SELECTOR, "a")]
+    problems += [f"placeholder link {h}" for h in hrefs
+                 if "your-org" in h or "mybinder.org" in h or "colab.research.google.com" in h]
+
+    # sliders: each one moves to its last position and shows a different panel, then back
+    for explorer in explorers:
+        handles = explorer.find_elements(By.CSS_SELECTOR, ".noUi-handle")
+        for k in range(len(handles)):
+            before_read, before_panel = _readouts(explorer), _visible_panels(explorer)[0]
+            _press(browser, explorer, k, Keys.END)
+            try:
+                WebDriverWait(browser, 10).until(lambda d: _readouts(explorer) != before_read)
+            except Exception:
+                continue  # a slider with a single position has nothing to switch
+            WebDriverWait(browser, 10).until(lambda d: len(_visible_panels(explorer)) == 1
+                                             and _visible_panels(explorer)[0].id != before_panel.id)
+            shown = _visible_panels(explorer)[0]
+            WebDriverWait(browser, 20).until(lambda d: _image_ok(d, shown) is not None)
+            if _image_ok(browser, shown)["colours"] < 2:
+                problems.append(f"slider {k} of an explorer shows a blank panel at {_readouts(explorer)}")
+            _press(browser, explorer, k, Keys.HOME)
+            WebDriverWait(browser, 10).until(lambda d: _readouts(explorer) == before_read)
+
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    problems += [f"remote request {u}" for u in resources if not u.startswith((real_site, "blob:", "data:"))]
+    browser.execute_script("window.scrollTo(0, 0)")
+    _save_full_page(browser, name.replace("/", "_"))
+    problems += [f"console: {m}" for m in _console_errors(browser)]
+    assert problems == [], "\n".join(problems)

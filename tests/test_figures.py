@@ -190,3 +190,86 @@ def test_reproduction_page_without_runs(tmp_path):
     assert text.count("The smoke grid has not been run yet") == 6
     assert "cannot be planned" in text and "no: conv1 keeps 4 < D=8" in text
     assert "not a reproduction" in text and "74.71" in text
+
+
+# ------------------------------------------------------------------ the book as a reader sees it (issue 13)
+def _bar_colours(ax) -> list[tuple]:
+    """Face colour of each hue level's bars, in hue order."""
+    return [tuple(np.round(c.patches[0].get_facecolor(), 3)) for c in ax.containers]
+
+
+def test_kernel_bars_give_a_setting_one_colour_in_both_panels():
+    from capslib import plots
+
+    paper = fg.paper_pivot("table4", "kernels")  # the paper lists k5 first
+    ours = pd.DataFrame({"k3": [42], "k5": [51]}, index=pd.Index(["[C=4, D=4]"], name="model"))
+    fig = fg.kernel_bars(paper, ours, ours_label="ours: " + "Fashion-MNIST · smoke (check, not a reproduction) · "
+                                                             "seed 0 · cpu")
+    left, right = fig.axes[:2]
+    assert _bar_colours(left) == _bar_colours(right) and len(_bar_colours(left)) == 2
+    heights = {round(p.get_height()) for p in right.containers[0].patches}
+    assert heights == {42}, "the first colour is k3 in both panels"
+    assert "\n" in right.get_title(), "a long panel title is wrapped, not cut off"
+    assert fig.get_figwidth() <= plots.PAGE_WIDTH_IN
+
+
+def test_table_lines_have_whole_number_depth_ticks_and_legends_beside_the_data():
+    paper = fg.paper_pivot("table2", "I")
+    ours = pd.DataFrame({0: [48], 1: [42], 2: [18]}, index=pd.Index(["[C=4, D=4]"], name="model"))
+    fig = fg.table_lines(paper, ours, "I", ours_label="ours")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = ax.get_xticks()
+        assert all(float(t).is_integer() for t in ticks), ticks
+        legend = ax.get_legend()
+        assert legend is not None
+        box, frame = legend.get_window_extent(), ax.get_window_extent()
+        assert box.x0 >= frame.x1 - 1, "the legend sits right of the axes, never on the lines"
+
+
+def test_dead_bars_say_when_a_panel_is_all_zero():
+    table = pd.DataFrame({"model": ["[C=8, D=4]"] * 4, "PR": [0.0, 0.0, 0.25, 0.25], "I": [1, 2, 1, 2],
+                          "dead primary (%)": [0, 0, 0, 0], "dead inter1 (%)": [0, 0, 0, 0],
+                          "dead inter2 (%)": ["–", 0, "–", 0], "dead class (%)": [40, 0, 0, 0]})
+    fig = fg.dead_bars(table.set_index(["model", "PR", "I"]))
+    left, right = fig.axes[:2]
+    texts = [t.get_text() for t in right.texts]
+    assert any("no dead capsule types" in t for t in texts)
+    assert "0" in texts, "every bar carries its value, a 0 % bar too"
+    assert _bar_colours(left) == _bar_colours(right)
+
+
+def test_paper_note_names_what_the_table_holds():
+    assert "maximum depth" in fg.paper_note("Table 5 (maximum depth without pruning)").data
+    assert "test accuracy in %" not in fg.paper_note("Table 5 (maximum depth without pruning)").data
+    assert "test accuracy in %" in fg.paper_note("Table 2").data
+
+
+def test_reproduction_table5_prints_a_depth_as_a_whole_number_and_stays_narrow():
+    table = pd.DataFrame([{"C": 8, "D": 4, "ours": 2.0, "ours_std": math.nan, "seeds": 1, "paper": math.nan,
+                           "delta": math.nan, "dataset": "fashion-mnist", "profile": "smoke", "device": "AMD EPYC",
+                           "capslib_version": "0.1.0"}])
+    text = fg._ours_md("table5", table, smoke=True)
+    row = [line for line in text.splitlines() if line.startswith("| 8")][0]
+    assert "| 2 " in row and "2.00" not in row
+    header = text.splitlines()[0]
+    assert "capslib" not in header and "dataset" not in header  # same on every row: said once, under the table
+    assert "All rows: dataset fashion-mnist, profile smoke, device AMD EPYC, capslib 0.1.0." in text
+
+
+def test_every_figure_fits_the_text_column():
+    """The book shows figures at 100 dpi in a column about PAGE_WIDTH_IN wide: wider ones would be shrunk,
+    and their text with them."""
+    from capslib import plots
+
+    cfg = ModelConfig(C=8, D=4)
+    s = _scores(cfg)
+    plans = {"per_image": make_plan(cfg, s, 0.25), "batch_mean": make_plan(cfg, s, 0.25)}
+    cells = {(cd, pr): (s, make_plan(cfg, s, pr), f"[C=8, D=4] · PR {pr:g} · test acc 52%")
+             for cd in ("8/4", "16/8") for pr in (0.0, 0.25, 0.5)}
+    trials = pd.DataFrame({"I": [1, 2], "test acc (%)": [50.0, 16.0], "collapsed": [False, False],
+                           "series": ["no pruning"] * 2})
+    figures = [fg.ci_bars({"per_image": s, "batch_mean": s}, plans, title="t"), fg.ci_grid(cells, title="t"),
+               fg.ci_panel(*cells[("8/4", 0.25)]), fg.depth_curves(trials, title="t")]
+    assert all(f.get_figwidth() <= plots.PAGE_WIDTH_IN + 1e-9 for f in figures)
+    assert plots.BOOK_RC["xtick.labelsize"] >= 9 and plots.FONT["small"] >= 9

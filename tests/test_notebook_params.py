@@ -285,3 +285,57 @@ def test_papermill_bad_parameter_fails_fast(chapter, parameters, expected, kerne
     params_at, _ = _parameters_cell(executed)
     assert err.value.cell_index == params_at + 2  # parameters, injected parameters, the check
     assert not results.exists(), "a run was stored: training started before the check"
+
+
+# ------------------------------------------------------------------ one source of truth for the smoke sizes
+_SIZES = re.compile(r"(all|[\d,]+) training, ([\d,]+) validation and (all|[\d,]+) test images")
+
+
+def _text(path: Path) -> str:
+    """A document's prose with whitespace collapsed (a quote may wrap): markdown, or a notebook's markdown cells."""
+    if path.suffix == ".ipynb":
+        nbk = nbformat.read(path, as_version=4)
+        text = "\n".join(c.source for c in nbk.cells if c.cell_type == "markdown")
+    else:
+        text = path.read_text(encoding="utf8")
+    return re.sub(r"\s+", " ", text)
+
+
+def test_smoke_sizes_are_read_from_the_configs_the_runs_use():
+    from capslib import figures as fg
+    from capslib.config import PROFILES
+
+    sizes = nb.smoke_sizes()
+    d = PROFILES["smoke"]().data
+    assert sizes["profile"] == (d.train_size, d.val_size, d.test_size)
+    book = nb.BOOK_SMOKE_DATA
+    assert sizes["routing, ccm"] == tuple(book["chapters"][k] for k in ("train_size", "val_size", "test_size"))
+    assert sizes["chip, depth, kernels"] == tuple(book["tables"][k] for k in ("train_size", "val_size", "test_size"))
+    for chapter in ("chip", "depth", "kernels"):
+        cfg = fg.chapter_cfg("smoke", chapter=chapter).data
+        assert (cfg.train_size, cfg.val_size, cfg.test_size) == sizes["chip, depth, kernels"], chapter
+    for table in ("table1", "table2", "table3", "table4", "table5", "fig3"):  # the sweeps the chapters run
+        for _, cfg, _ in fg.sweep_points(table, "smoke"):
+            assert (cfg.data.train_size, cfg.data.val_size, cfg.data.test_size) == sizes["chip, depth, kernels"]
+    assert nb.chapter_config("smoke", chapter="ccm").data.train_size == sizes["routing, ccm"][0]
+    assert nb.sizes_phrase(2000, 500, 1000) == "2,000 training, 500 validation and 1,000 test images"
+
+
+@pytest.mark.parametrize("document,runs", [
+    ("README.md", {"profile", "routing, ccm", "chip, depth, kernels"}),
+    ("book/intro.md", {"profile", "routing, ccm", "chip, depth, kernels"}),
+    ("book/reproduction.md", {"chip, depth, kernels"}),
+    ("notebooks/routing.ipynb", {"routing, ccm", "routing depth study"}),
+    ("notebooks/ccm.ipynb", {"routing, ccm"}),
+    ("notebooks/chip.ipynb", {"chip, depth, kernels"}),
+    ("notebooks/depth.ipynb", {"chip, depth, kernels"}),
+    ("notebooks/kernels.ipynb", {"chip, depth, kernels"}),
+])
+def test_quoted_smoke_sizes_match_the_source(document, runs):
+    """Every "N training, M validation and K test images" the README and the book quote is the size of a
+    run they describe (capslib.notebook.smoke_sizes), and each of those runs is quoted."""
+    sizes = nb.smoke_sizes()
+    quoted = {m.group(0) for m in _SIZES.finditer(_text(ROOT / document))}
+    expected = {nb.sizes_phrase(*sizes[r]) for r in runs}
+    assert quoted == expected, f"{document}: quotes {sorted(quoted)}, the runs it describes use {sorted(expected)}"
+    assert "2,000 training images)" not in _text(ROOT / document)  # the intro's old, partial quote
