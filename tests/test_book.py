@@ -347,3 +347,37 @@ def test_capslib_cli_has_book_build():
     args = build_parser().parse_args(["book", "build", "--offline", "--only", "depth"])
     assert args.func is book._cmd_build
     assert args.offline and args.only == ["depth"] and args.profile == "smoke"
+
+
+def test_test_runs_do_not_execute_fixture_notebooks():
+    """nbval (make test: pytest tests notebooks --nbval-lax) must not run tests/fixtures' notebooks: run in
+    place, fixtures/batch/tiny.ipynb stored a run in results/batch-test/ of the checkout."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--nbval-lax",
+                          "-p", "no:cacheprovider", "tests/fixtures"],
+                         cwd=book.REPO_ROOT, capture_output=True, text=True)
+    assert "no tests collected" in out.stdout, out.stdout[-2000:]
+
+
+def test_sweep_help_and_list_name_every_experiment():
+    import contextlib
+    import io
+
+    from capslib.cli import build_parser, main
+    from capslib.experiments import EXPERIMENTS
+
+    sweep = build_parser()._subparsers._group_actions[0].choices["sweep"]
+    assert all(name in sweep.format_help().replace("\n", " ").replace("  ", " ") for name in EXPERIMENTS)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["sweep", "list"]) == 0
+    lines = buf.getvalue().splitlines()
+    assert [line.split()[0] for line in lines[1:]] == list(EXPERIMENTS)
+    # each run count ends where its header ends, on every line (the longest name, seed002_depth, included)
+    smoke_end = lines[0].index("runs (smoke)") + len("runs (smoke)")
+    paper_end = lines[0].index("runs (paper)") + len("runs (paper)")
+    for line, exp in zip(lines[1:], EXPERIMENTS.values()):
+        assert line[:smoke_end].rstrip().endswith(f" {len(exp.grid('smoke'))}"), line
+        assert line[smoke_end:paper_end].strip() == str(len(exp.grid("paper"))), line
