@@ -52,6 +52,7 @@ _reason: Optional[str] = None  # why the kernel is unavailable, once known
 _warned = False
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_size = 0
+_pool_pid = 0
 
 
 def _cache_dir() -> Path:
@@ -170,16 +171,16 @@ def usable(u: Tensor, weight: Tensor) -> bool:
 
 def _run_split(fn, n: int, args_of) -> None:
     """Call ``fn(*args_of(n0, n1))`` over ``torch.get_num_threads()`` ranges of [0, n) in parallel."""
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     threads = max(1, min(torch.get_num_threads(), n))
     if threads == 1:
         rc = fn(*args_of(0, n))
         if rc != 0:
             raise RuntimeError(f"fused routing kernel rejected its arguments (code {rc})")
         return
-    if _pool is None or _pool_size < threads:
+    if _pool is None or _pool_size < threads or _pool_pid != os.getpid():  # a forked child has no pool threads
         _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="capslib-routing")
-        _pool_size = threads
+        _pool_size, _pool_pid = threads, os.getpid()
     bounds = [n * i // threads for i in range(threads + 1)]
     futures = [_pool.submit(fn, *args_of(bounds[i], bounds[i + 1])) for i in range(threads)]
     codes = [f.result() for f in futures]

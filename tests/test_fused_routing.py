@@ -212,3 +212,26 @@ def test_cuda_path_float32_and_bf16_autocast():
         loss = margin_loss(out.lengths.float(), y.cuda())
     loss.backward()
     assert out.lengths.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_a_forked_child_gets_its_own_thread_pool():
+    """After the parent used 2 routing threads, a fork()ed child (sweeps, data workers) must not wait
+    on the parent's pool threads, which do not exist in the child."""
+    import multiprocessing as mp
+
+    u, w = problem(20, 12, 3, 8, 8, torch.float32)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = fused_routing.route(u, w, 3, 1e-8).detach()
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_route_in_child, (u.detach(), w.detach())).get(timeout=60)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got, expected)
+
+
+def _route_in_child(u, w):
+    torch.set_num_threads(2)
+    return fused_routing.route(u, w, 3, 1e-8)
