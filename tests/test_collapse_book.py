@@ -1,0 +1,198 @@
+"""The collapse chapter's and the verdict page's analysis (capslib.collapse_book).
+
+Every store here is a small CSV written by the test into a temporary results folder: the summariser's
+numbers (mean ± std over seeds, number of seeds, "runs in progress"), the final-stage choice of prune
+points, the verdict rule (never "reproduced" with fewer than three seeds or without the control; smoke
+rows only ever give "inconclusive (smoke scale)"), and that the figures draw something.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from capslib import collapse_book as cb
+from capslib.notebook import ParameterError, check_parameters
+
+
+def _row(C, D, I, seed, acc, pr=0.0, stage="train", kind="train", collapsed=False, std=0.5, I_after=None):
+    return {"run_key": f"k{C}{D}{I}{pr}{seed}{stage}", "experiment": "collapse", "stage": stage, "status": "ok",
+            "config_hash": "abcdef123456", "profile": "fmnist", "seed": seed, "test_acc": acc,
+            "collapsed": collapsed, "kind": kind, "pr": pr, "I_after": I_after, "grid.C": C, "grid.D": D,
+            "grid.I": I if I_after is None else 0, "model.C": C, "model.D": D,
+            "model.I": I if I_after is None else I_after, "model.init_std": std, "data.dataset": "fashion-mnist",
+            "device": "cpu", "device_name": "TestCPU", "capslib_version": "0.1.0+test",
+            "timestamp": "2026-01-01T00:00:00+0000"}
+
+
+def _write(root, rows, name="collapse", profile="fmnist"):
+    path = root / name / f"{profile}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+POINTS = [cb.CollapsePoint("C20 D8 I6", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+          cb.CollapsePoint("C20 D8 I7", 20, 8, 7, 0.0, 0.5, "collapse", "test")]
+
+
+def test_summary_mean_std_seeds_and_in_progress(tmp_path):
+    rows = [_row(20, 8, 6, s, a) for s, a in zip(range(3), (0.80, 0.82, 0.84))]
+    rows.append(_row(20, 8, 6, 2, 0.84))  # a repeated seed counts once
+    _write(tmp_path, rows)
+    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), POINTS).set_index("point")
+    i6 = s.loc["C20 D8 I6"]
+    assert i6["seeds"] == 3 and i6["seed list"] == "0–2"
+    assert i6["test acc (%)"] == pytest.approx(82.0)
+    assert i6["± std"] == pytest.approx(np.std([80, 82, 84], ddof=1))
+    assert i6["collapsed"] == "0/3" and i6["dataset"] == "Fashion-MNIST" and i6["device"] == "TestCPU"
+    i7 = s.loc["C20 D8 I7"]
+    assert i7["seeds"] == 0 and i7["status"] == "runs in progress" and np.isnan(i7["test acc (%)"])
+
+
+def test_summary_keeps_the_final_stage_of_a_prune_point_and_lists_other_points(tmp_path):
+    rows = []
+    for stage, acc in (("base", 0.5), ("ccm", 0.6), ("pruned", 0.1), ("retrain", 0.77)):
+        rows.append(_row(20, 8, 0, 0, acc, pr=0.25, stage=stage, kind="prune", I_after=7))
+    rows.append(_row(12, 4, 3, 0, 0.6))  # a point no claim uses
+    _write(tmp_path, rows)
+    final = cb.load_collapse("fmnist", tmp_path)
+    assert list(final["stage"]) == ["retrain", "train"]
+    pts = POINTS + [cb.CollapsePoint("C20 D8 I7 PR0.25", 20, 8, 7, 0.25, 0.5, "rescue", "test")]
+    s = cb.run_summary(final, pts).set_index("point")
+    assert s.loc["C20 D8 I7 PR0.25", "test acc (%)"] == pytest.approx(77.0)
+    assert s.loc["C20 D8 I7 PR0.25", "seeds"] == 1 and "(< 3)" in s.loc["C20 D8 I7 PR0.25", "status"]
+    assert "C12 D4 I3 std0.5" in s.index and s.loc["C12 D4 I3 std0.5", "claim"] == "other"
+
+
+def test_missing_store_is_all_in_progress(tmp_path):
+    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), POINTS)
+    assert (s["status"] == "runs in progress").all()
+    assert "no rows" in cb.runs_footer(pd.DataFrame(), "fmnist")
+
+
+@pytest.mark.parametrize("kw,expected", [
+    (dict(supported=True, n_seeds=2, control_seen=True, scale="full"), "inconclusive"),
+    (dict(supported=True, n_seeds=5, control_seen=False, scale="full"), "inconclusive"),
+    (dict(supported=None, n_seeds=5, control_seen=True, scale="full"), "inconclusive"),
+    (dict(supported=True, n_seeds=10, control_seen=True, scale="smoke"), "inconclusive (smoke scale)"),
+    (dict(supported=True, n_seeds=10, control_seen=True, scale="cifar10"), "untestable here (CIFAR-10)"),
+    (dict(supported=False, n_seeds=3, control_seen=True, scale="full"), "not reproduced"),
+    (dict(supported=True, n_seeds=3, control_seen=True, scale="full"), "reproduced"),
+    (dict(supported=True, n_seeds=3, control_seen=True, scale="full", explained_by="C'"), "explained by C'"),
+])
+def test_grade(kw, expected):
+    assert cb.grade(**kw) == expected
+
+
+def _collapse_rows(n_seeds, i6_acc=0.8, i7_acc=0.1):
+    rows = [_row(20, 8, 6, s, i6_acc, collapsed=i6_acc < 0.15) for s in range(n_seeds)]
+    rows += [_row(20, 8, 7, s, i7_acc, collapsed=i7_acc < 0.15) for s in range(n_seeds)]
+    return rows
+
+
+def test_verdict_needs_three_seeds_and_the_control(tmp_path):
+    pts = cb._fallback_points()
+    _write(tmp_path, _collapse_rows(2))
+    v = cb.verdicts("fmnist", tmp_path, summary=cb.run_summary(cb.load_collapse("fmnist", tmp_path), pts),
+                    limits=cb.depth_limit_table(pd.DataFrame()))
+    assert v[0].verdict == "inconclusive" and v[0].seeds == 2
+    _write(tmp_path, _collapse_rows(3))
+    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), pts)
+    v = cb.verdicts("fmnist", tmp_path, summary=s, limits=cb.depth_limit_table(pd.DataFrame()))
+    assert v[0].verdict == "reproduced" and v[0].seeds == 3
+    # without the I = 6 control the same I = 7 collapse is not enough
+    no_ctrl = s.copy()
+    no_ctrl.loc[no_ctrl["point"] == "C20 D8 I6", "seeds"] = 0
+    v = cb.verdicts("fmnist", tmp_path, summary=no_ctrl, limits=cb.depth_limit_table(pd.DataFrame()))
+    assert v[0].verdict == "inconclusive"
+    # I = 7 training in every seed: not reproduced
+    _write(tmp_path, _collapse_rows(3, i7_acc=0.8))
+    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), pts)
+    assert cb.verdicts("fmnist", tmp_path, summary=s, limits=cb.depth_limit_table(pd.DataFrame()))[0].verdict \
+        == "not reproduced"
+
+
+def test_rescue_explained_by_c_prime_when_the_control_trains_too(tmp_path):
+    rows = _collapse_rows(3)
+    for pr in (0.125, 0.25, 0.375):
+        rows += [_row(20, 8, 0, s, 0.8, pr=pr, stage="retrain", kind="prune", I_after=7) for s in range(3)]
+    for c in (18, 15, 13):
+        rows += [_row(c, 8, 7, s, 0.8) for s in range(3)]
+    _write(tmp_path, rows)
+    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), cb._fallback_points())
+    v = cb.verdicts("fmnist", tmp_path, summary=s, limits=cb.depth_limit_table(pd.DataFrame()))
+    assert v[1].verdict.startswith("explained by fewer capsule types")
+
+
+def test_smoke_only_claims_are_never_reproduced(tmp_path):
+    _write(tmp_path, [_row(8, 8, 0, 0, 0.6)], name="table1", profile="smoke")
+    seed002 = dict(_row(4, 9, 1, 0, 0.7), routing="em", depth=1, dead_002=json.dumps({"inter1": 0.5}))
+    _write(tmp_path, [seed002], name="seed002_depth", profile="smoke")
+    vs = cb.verdicts("fmnist", tmp_path)
+    by = {v.source.split(",")[0] + v.claim[:12]: v for v in vs}
+    assert len(vs) == 7
+    for v in vs:
+        assert v.verdict in ("inconclusive", "inconclusive (smoke scale)") or v.verdict.startswith("untestable")
+        assert v.would_change and v.control and v.evidence
+    table1 = next(v for v in vs if v.claim.startswith("Table 1"))
+    assert table1.verdict == "inconclusive (smoke scale)"
+    s002 = next(v for v in vs if v.source.startswith("seed 002"))
+    assert s002.verdict == "inconclusive (smoke scale)" and "em I=1: 50 %" in s002.evidence
+    assert by  # every claim has a distinct key
+    md = cb.verdict_markdown(vs[0], 1)
+    assert "Verdict: **inconclusive**" in md and "#" not in md.split("\n")[0]
+
+
+def _limits_rows():
+    rows = []
+    for seed in range(3):
+        for preset, std, limit in (("authors", 0.5, 7), ("default", 0.3, 5)):
+            rows.append({"preset": preset, "C": 20, "D": 8, "pr": 0.0, "dtype": "float32", "seed": seed, "batch": 0,
+                         "C_eff": 20, "init_std": std, "I_max": 16, "limit": limit, "predicted_limit": limit,
+                         "paper_max_I": "6", "dataset": "fashion-mnist test", "batch_size": 32,
+                         "device_name": "TestCPU", "capslib_version": "0.1.0+test"})
+        rows.append({**rows[-1], "C": 10, "pr": 0.0, "preset": "authors", "C_eff": 10, "limit": "",
+                     "predicted_limit": "", "paper_max_I": ">30", "I_max": 32})
+    return pd.DataFrame(rows)
+
+
+def test_depth_limit_table_against_the_paper(tmp_path):
+    t = cb.depth_limit_table(_limits_rows()).set_index(["preset", "C", "D"])
+    assert t.loc[("authors", 20, 8), "max trainable I"] == "6" and t.loc[("authors", 20, 8), "agrees"] == "yes"
+    assert t.loc[("default", 20, 8), "max trainable I"] == "4" and t.loc[("default", 20, 8), "agrees"] == "no"
+    assert t.loc[("authors", 10, 8), "max trainable I"] == ">=32"
+    assert t.loc[("authors", 10, 8), "agrees"] == "bound ok"
+    assert t.loc[("authors", 20, 8), "seeds"] == 3
+    foot = cb.depth_limit_footer(_limits_rows())
+    assert "seeds 0–2" in foot and "TestCPU" in foot and "no training" in foot
+    assert cb.paper_max_value(">=10") == (10.0, ">=") and cb.paper_max_value("x") == (None, "")
+
+
+def test_figures_are_not_empty():
+    layers = ["primary", "inter1", "inter2", "class"]
+    t = pd.DataFrame({"layer": layers, "depth": range(4), "measured": [0.5, 0.1, 1e-6, 0.0],
+                      "log10_predicted": [-0.3, -1.1, -5.5, -40.0]})
+    fig = cb.length_figure({"a": t, "b": t})
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 and fig.axes[0].lines
+    s = cb.Screen(C=20, D=8, pr=0.0, std=0.5, C_eff=20, I_max=3, layer_mean=[0.5, 0.1, 1e-8, 0.0],
+                  predicted=[-0.3, -1.0, -8.0, -30.0], limit=3, paper="6")
+    fig = cb.screen_panel(s)
+    assert fig.axes[0].lines and "I = 3" in fig.axes[0].get_title().replace("\u00a0", " ")
+    assert cb.screens_table({("20/8", 0.5): s}, {0.0: s}).iloc[0]["max trainable I"] == "2"
+    summary = cb.run_summary(pd.DataFrame([_row(20, 8, 6, 0, 0.8)]), POINTS)
+    fig = cb.runs_figure(summary, title="t")
+    ax = fig.axes[0]
+    assert ax.patches and any("in progress" in tx.get_text() for tx in ax.texts)
+
+
+def test_chapter_parameters_are_validated():
+    ns = {name: p.default for name, p in cb.chapter_params("collapse").items()}
+    check_parameters(dict(ns), cb.chapter_params("collapse"))
+    with pytest.raises(ParameterError, match="PRS"):
+        check_parameters({**ns, "PRS": [1.5]}, cb.chapter_params("collapse"))
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        check_parameters({**ns, "STD": 0.5}, cb.chapter_params("collapse"))
