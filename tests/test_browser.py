@@ -293,7 +293,7 @@ def _image_ok(driver, img) -> dict:
     return driver.execute_script(_PIXELS_JS, img)
 
 
-def _wait_for_widgets(driver, timeout: float = 90) -> list:
+def _wait_for_widgets(driver, timeout: float = 180) -> list:
     """Wait until every widget view of the page is rendered with one visible panel; return the explorers."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
