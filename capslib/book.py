@@ -77,7 +77,7 @@ def default_root() -> Path:
 
 
 #: The paper's sections, in reading order; ``_toc.yml`` must list exactly these.
-CHAPTERS = ("routing", "ccm", "chip", "depth", "kernels")
+CHAPTERS = ("routing", "ccm", "chip", "depth", "kernels", "collapse", "verdicts")
 
 NOTEBOOKS_DIR = "notebooks"  # committed chapter sources, with smoke outputs
 BOOK_DIR = "book"            # hand-written pages and executed chapter copies

@@ -264,7 +264,7 @@ def length_figure(tables: Mapping[str, pd.DataFrame], title: Optional[str] = Non
                         label="measured: exactly 0")
             ax.axhline(0.01, color="0.3", lw=0.8, ls=":")
             ax.text(d[-1], 0.005, "dead ≤ 0.01", fontsize=FONT["small"], color="0.3", va="top", ha="right")
-            ax.set_xticks(d, [s.replace("inter", "") if s.startswith("inter") else s[:5] for s in t["layer"]],
+            ax.set_xticks(d, [s.replace("inter", "") if s.startswith("inter") else ("prim" if s == "primary" else s) for s in t["layer"]],
                           fontsize=FONT["small"])
             ax.set_xlabel("capsule layer (primary, ConvCaps 1…I, class)")
             ax.set_ylim(floor, 3)
