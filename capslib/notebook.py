@@ -825,16 +825,27 @@ def trace_matches_forward(model, x: Tensor) -> pd.DataFrame:
 
     Routing the votes of :func:`layer_votes` for the model's own
     ``routing_iters`` must give exactly the capsules of the forward pass; this
-    checks that the traces in the chapter are those of the trained model.
+    checks that the traces in the chapter are those of the trained model. The
+    forward pass here takes the PyTorch routing path, the code the trace re-runs
+    (on CPU the layers otherwise use the fused kernel, which computes the same
+    capsules to float32 rounding: tests/test_fused_routing.py).
     """
+    from .capsules import use_fused_routing
+
     model.eval()
-    caps = model(x.to(_device(model))).capsules
-    out = []
-    for layer in routed_layers(model):
-        _, v = routing_trace(model, x, layer, model.config.routing_iters)  # (n, J, D)
-        ref = caps[layer].reshape(v.shape)
-        out.append({"layer": layer, "votes u_hat": "x".join(str(s) for s in layer_votes(model, x, layer).shape),
-                    "max |v_trace - v_forward|": float((v - ref).abs().max())})
+    fused = {m: m.fused for m in model.modules() if hasattr(m, "fused")}
+    use_fused_routing(model, False)
+    try:
+        caps = model(x.to(_device(model))).capsules
+        out = []
+        for layer in routed_layers(model):
+            _, v = routing_trace(model, x, layer, model.config.routing_iters)  # (n, J, D)
+            ref = caps[layer].reshape(v.shape)
+            out.append({"layer": layer, "votes u_hat": "x".join(str(s) for s in layer_votes(model, x, layer).shape),
+                        "max |v_trace - v_forward|": float((v - ref).abs().max())})
+    finally:
+        for m, flag in fused.items():
+            m.fused = flag
     return pd.DataFrame(out).set_index("layer")
 
 
