@@ -1286,6 +1286,9 @@ def reproduction_markdown(results_root: Optional[str] = None) -> str:
         "",
         "```{admonition} Read this before any number below",
         ":class: warning",
+        "* **Where the evidence is:** the [verdict page](verdicts.ipynb) states one verdict per claim from the "
+        "decisive runs and the initialisation study of the [collapse chapter](collapse.ipynb); this page sets the "
+        "paper's tables beside the smoke grids only.",
         "* **Smoke numbers are not a reproduction.** The book is built with the `smoke` profile: tiny "
         f"CapsNets (C ≤ 8, D ≤ 8, I ≤ 2) trained for one epoch (two for Fig. 3) on a CPU with seed 0, on a "
         f"Fashion-MNIST subset of {subset}. The paper trains CapsNet[C=20, D=8] and larger "
