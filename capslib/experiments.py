@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from .config import RunConfig, apply_overrides, profile as make_profile
 
 __all__ = ["Point", "Experiment", "EXPERIMENTS", "get_experiment", "PAPER_TABLES", "SEED002_ROUTINGS",
-           "STUDY_ROUTINGS", "seed002_point"]
+           "STUDY_ROUTINGS", "seed002_point", "COLLAPSE", "collapse_limits"]
 
 
 @dataclass(frozen=True)
@@ -99,16 +99,29 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "table5": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
     "fig3": [],
     "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
+    "collapse": [],  # issue 10's decisive runs: the paper has no such table (Table 3 has no same-width control)
 }
 
 
 @dataclass
 class Experiment:
+    """A named grid of independent runs.
+
+    ``versioned`` (default True): a sweep point's key holds the capslib version, so after any library
+    edit a resumed sweep runs every point again. False: the key is experiment + config hash + point
+    (+ seed, through the config) only, so finished rows stay done across library versions - for a
+    long study run over several sittings from a frozen snapshot; each row still records the version
+    it was made with (``capslib_version``). ``point_major``: a sweep runs every seed of the first point,
+    then every seed of the next (so the grid's order is its priority), instead of seed by seed.
+    """
+
     name: str
     title: str
     grid_fn: Callable[[str], list[Point]]
     default_profile: str = "fmnist"
     columns: tuple[str, ...] = field(default_factory=tuple)
+    versioned: bool = True
+    point_major: bool = False
 
     def grid(self, profile: str) -> list[Point]:
         return self.grid_fn(profile)
@@ -193,6 +206,100 @@ def _seed002_depth(profile: str) -> list[Point]:
     return [seed002_point(r, d, profile) for r in STUDY_ROUTINGS for d in depths]
 
 
+# --------------------------------------------------------------------------------------
+# Issue 10, part 4: the decisive runs of the collapse study (hypothesis H: the cliff is the capsule
+# length map at initialisation). Depths and the remedy come from forward screens at initialisation
+# (collapse_limits, capslib.init_study); see COLLAPSE and results/collapse/README.md.
+# --------------------------------------------------------------------------------------
+
+#: The collapse study's fixed numbers (profile ``cpu``: CapsNet[20, 8], ConvCaps and class init std 0.5).
+#:
+#: * ``L`` = 7: the depth at which CapsNet[20, 8] collapses in the paper (Table 2), in the issue's pilot,
+#:   and at which the screen finds the gradient at initialisation below Adam's eps (the class lengths
+#:   are exactly 0 on some first-epoch batches, ~1e-16 on the others; see collapse_limits).
+#:   ``L_exact`` = 8: the first depth whose class lengths are exactly 0 on every screened batch of every
+#:   seed in float32 (``L_exact64`` = 10 in float64).
+#: * ``C_pruned``, ``widths_pruned``: CapsNet[20, 8] pruned at PR 0.25 by the paper's rule (C' = 15),
+#:   the architecture the prune pipeline rebuilds (:func:`capslib.init_study.pruned_model_config`).
+#: * the remedy: every ConvCaps at ``remedy_std`` and the class capsules at ``remedy_class_std``, chosen
+#:   from the length map so that lengths neither vanish nor saturate over ``remedy_I`` >= 1.5·7 layers.
+COLLAPSE: dict[str, Any] = dict(C=20, D=8, std=0.5, L=7, L_exact=8, L_exact64=10, pr=0.25, C_pruned=15,
+                                widths_pruned=(24, 56, 120), remedy_I=11, remedy_std=0.6, remedy_class_std=0.1)
+#: The smoke miniature of the same grid (tiny C, D and depths; a code path, never a result).
+COLLAPSE_SMOKE: dict[str, Any] = dict(C=8, D=4, std=0.5, L=2, L_exact=2, L_exact64=2, pr=0.25, C_pruned=6,
+                                      widths_pruned=(4, 12, 24), remedy_I=3, remedy_std=0.6, remedy_class_std=0.1)
+
+
+def _collapse(profile: str) -> list[Point]:
+    """The decisive runs, in priority order (a ``point_major`` sweep runs every seed of one point before
+    the next): from scratch at L−1 and L (and L+1 = L_exact); C' = 15 from scratch and CCM + CHIP pruned
+    at PR 0.25, both at L; the pretrained-backbone-unpruned control (the §3.5 pipeline at PR 0: the
+    CCM-trained C20 backbone, fresh capsule layers at L, retrained); float64 at L and L+1; the remedy at
+    ``remedy_I`` layers. Every point's label is unique (the report keys on it)."""
+    k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
+    C, D, L, std = k["C"], k["D"], k["L"], k["std"]
+    pruned = dict(backbone_widths=k["widths_pruned"])
+    return [
+        Point("train", _cd(C, D, I=L - 1, init_std=std), label=f"C{C} I={L - 1} (L-1)"),
+        Point("train", _cd(C, D, I=L, init_std=std), label=f"C{C} I={L} (L)"),
+        Point("train", _cd(C, D, I=L + 1, init_std=std), label=f"C{C} I={L + 1} (L+1)"),
+        Point("train", _cd(k["C_pruned"], D, I=L, init_std=std, **pruned),
+              label=f"C'={k['C_pruned']} from scratch I={L} (same-width control)"),
+        Point("prune", _cd(C, D, I=0, init_std=std), pr=k["pr"], I_after=L,
+              label=f"CCM+CHIP PR {k['pr']:g} (C'={k['C_pruned']}) I={L}"),
+        Point("prune", _cd(C, D, I=0, init_std=std), pr=0.0, I_after=L,
+              label=f"C{C} pretrained backbone, unpruned, I={L} (control)"),
+        Point("train", _cd(C, D, I=L, init_std=std, dtype="float64"), label=f"C{C} I={L} (L) float64"),
+        Point("train", _cd(C, D, I=L + 1, init_std=std, dtype="float64"), label=f"C{C} I={L + 1} (L+1) float64"),
+        Point("train", _cd(C, D, I=k["remedy_I"], init_std=k["remedy_std"], class_init_std=k["remedy_class_std"]),
+              label=f"remedy: C{C} I={k['remedy_I']} std {k['remedy_std']:g}, class std {k['remedy_class_std']:g}"),
+    ]
+
+
+def collapse_limits(profile: str = "cpu", seeds: int = 3, batches: int = 3, I_max: int = 12,
+                    dtypes: tuple[str, ...] = ("float32", "float64"), remedy: bool = True):
+    """The depth limits behind :data:`COLLAPSE`: for every from-scratch model config of the grid (C20 and
+    C' = 15; the remedy at its own stds when ``remedy``), each seed and each of the first ``batches``
+    *training* batches that seed's run sees (the profile's data split, batch size and shuffle), the
+    first I whose class capsule lengths are exactly zero on the batch at initialisation
+    (:func:`capslib.init_study.depth_limit`, which builds exactly the model ``fit`` builds from the seed),
+    the largest class length at L−1, L, L+1, and the max |gradient| of the margin loss on the PrimaryCaps
+    conv at each of those depths on the first batch (:func:`capslib.init_study.gradient_at`; Adam moves a
+    parameter by ~lr·g/(|g| + 1e-8), so a gradient far below 1e-8 moves nothing). A pandas DataFrame,
+    one row per (config, dtype, seed, batch). Forward screens only: minutes on one thread."""
+    import pandas as pd
+    import torch
+
+    from .data import load_splits
+    from .init_study import depth_limit, gradient_at
+
+    k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
+    base = make_profile(profile)
+    data = load_splits(base.data)
+    configs = {f"C{k['C']}": base.model.replace(C=k["C"], D=k["D"], init_std=k["std"]),
+               f"C'={k['C_pruned']}": base.model.replace(C=k["C_pruned"], D=k["D"], init_std=k["std"],
+                                                         backbone_widths=k["widths_pruned"])}
+    if remedy:
+        configs["remedy"] = base.model.replace(C=k["C"], D=k["D"], init_std=k["remedy_std"],
+                                               class_init_std=k["remedy_class_std"])
+    rows = []
+    for name, mcfg in configs.items():
+        for dtype in dtypes:
+            for seed in range(seeds):
+                it = data.batches("train", base.train.batch_size, shuffle=True, seed=seed, epoch=0)
+                for b, (x, y) in zip(range(batches), it):
+                    r = depth_limit(mcfg.replace(I=0), x, seed=seed, dtype=dtype, I_max=I_max)
+                    row = dict(config=name, C=mcfg.C, D=mcfg.D, init_std=mcfg.init_std, class_std=mcfg.class_std,
+                               dtype=dtype, seed=seed, batch=b, limit=r.limit, I_max=I_max,
+                               class_max=[float(f"{v:.3e}") for v in r.class_max])
+                    if b == 0 and name != "remedy":
+                        for I in (k["L"] - 1, k["L"], k["L"] + 1):
+                            with torch.random.fork_rng(devices=[]):
+                                row[f"grad_primary_I{I}"] = gradient_at(mcfg, x, y, I, seed, dtype)["primary"]
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
     Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
@@ -202,6 +309,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("fig3", "Fig. 3: dead capsules over epochs, CapsNet[C=20, D=8, I=6]", _fig3),
     Experiment("seed002_depth", "Seed 002 Figs. 1-7: dynamic, EM, self- and VB routing at depth 1..10 "
                                 "(accuracy, dead capsules, activations)", _seed002_depth),
+    Experiment("collapse", "Issue 10: the decisive runs of the collapse study (CapsNet[20, 8] at its depth "
+                           "limit: from scratch, float64, C'=15 pruned vs from scratch, a remedy)", _collapse,
+               default_profile="cpu", versioned=False, point_major=True),
 ]}
 
 

@@ -29,6 +29,7 @@ KEYS = {
     "table5": ["C", "D"],
     "fig3": ["C", "D", "I", "epoch"],
     "seed002_depth": ["routing", "C", "D", "I"],
+    "collapse": ["label", "C", "D", "I"],
 }
 
 
@@ -54,9 +55,10 @@ def _long_rows(name: str, df: pd.DataFrame, source: str = "the rows given") -> p
     """Store rows -> one record per (table key, seed) with ``value`` (accuracy in %, or max depth).
 
     A row whose numbers or JSON cannot be read raises ``ValueError`` naming ``source``, the row
-    (its position and run_key) and the column."""
+    (its position and run_key) and the column. An unversioned experiment (``Experiment.versioned``
+    False, e.g. ``collapse``) keeps the rows of every library version: it spans several sittings."""
     ok = df[df["status"] == "ok"] if "status" in df else df
-    if {"capslib_version", "timestamp"} <= set(ok.columns) and not ok.empty:
+    if get_experiment(name).versioned and {"capslib_version", "timestamp"} <= set(ok.columns) and not ok.empty:
         # one library version per table: that of the newest row (older versions' rows are stale);
         # rows without a timestamp or version never decide which version that is
         latest = _latest_version(ok)
@@ -124,6 +126,9 @@ def _row_records(name: str, r: pd.Series, recs: list[dict]) -> None:
         inter = [v for k, v in dead.items() if k.startswith("inter")]
         recs.append(dict(base, routing=r.get("model.routing"), I=I, value=acc,
                          dead_inter=100.0 * float(np.mean(inter)) if inter else np.nan))
+    elif name == "collapse" and ((kind == "train" and stage == "train") or (kind == "prune" and stage == "retrain")):
+        i_after = _num(r.get("I_after"))
+        recs.append(dict(base, label=r.get("label"), I=i_after if kind == "prune" else I, value=acc))
     elif name == "fig3" and stage == "train":
         history = _json_cell(r, "history")
         if not isinstance(history, list) or not all(isinstance(h, dict) and {"epoch", "val_acc", "dead"} <= set(h)
@@ -235,7 +240,7 @@ def _figure(name: str, table: pd.DataFrame):
     import seaborn as sns
 
     x = {"table1": "PR", "table2": "I", "table3": "I", "table4": "kernels", "table5": "config",
-         "fig3": "epoch", "seed002_depth": "I"}[name]
+         "fig3": "epoch", "seed002_depth": "I", "collapse": "label"}[name]
     t = table.copy()
     t["config"] = t.apply(lambda r: f"C={r['C']}, D={r['D']}", axis=1)
     value_cols = [c for c in ("paper", "ours") if c in t]
@@ -248,8 +253,10 @@ def _figure(name: str, table: pd.DataFrame):
         long["config"] = long["PR"].map(lambda p: f"PR={p}")
     if name == "seed002_depth":
         long["config"] = long["routing"]
-    if x in ("kernels", "config"):
+    if x in ("kernels", "config", "label"):
         sns.barplot(data=long, x=x, y="value", hue="source", ax=ax)
+        if x == "label":
+            ax.tick_params(axis="x", labelrotation=75)
     else:
         sns.lineplot(data=long, x=x, y="value", hue="config", style="source", markers=True, ax=ax)
     ax.set_ylabel("max depth I" if name == "table5" else "accuracy (%)")

@@ -53,9 +53,16 @@ __all__ = ["point_key", "run_point", "sweep", "SweepSummary", "PointClaims", "ch
            "register_cli"]
 
 
-def point_key(experiment: str, cfg: RunConfig, point: Point) -> str:
-    """Identity of one grid point's run: experiment, config, point kind/PR/depth, capslib version."""
-    blob = f"{experiment}|{cfg.config_hash()}|{point.key_extra()}|{capslib_version()}".encode()
+def point_key(experiment: str, cfg: RunConfig, point: Point, versioned: Optional[bool] = None) -> str:
+    """Identity of one grid point's run: experiment, config (seed included), point kind/PR/depth and the
+    capslib version - without the version when ``versioned`` is False (None: the experiment's own
+    :attr:`~capslib.experiments.Experiment.versioned`, True for an unknown name), so a finished point of
+    such an experiment stays done after library edits; its rows still record ``capslib_version``."""
+    if versioned is None:
+        exp = EXPERIMENTS.get(experiment)
+        versioned = True if exp is None else exp.versioned
+    version = f"|{capslib_version()}" if versioned else "|unversioned"
+    blob = f"{experiment}|{cfg.config_hash()}|{point.key_extra()}{version}".encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -141,15 +148,18 @@ class SweepSummary:
 
 def plan(experiment: str, profile: str, seeds: int = 1,
          overrides: Optional[dict[str, Any]] = None) -> list[tuple[Point, RunConfig]]:
-    """Every (point, config) a sweep would run, seeds included."""
+    """Every (point, config) a sweep would run, seeds included, in the order it runs them: seed by seed,
+    or point by point (every seed of a point, then the next) for a ``point_major`` experiment."""
     exp = get_experiment(experiment)
+    grid = exp.grid(profile)
+    order = ([(p, s) for p in grid for s in range(seeds)] if exp.point_major
+             else [(p, s) for s in range(seeds) for p in grid])
     out = []
-    for seed in range(seeds):
-        for point in exp.grid(profile):
-            cfg = point.config(profile, seed=seed)
-            if overrides:
-                cfg = apply_overrides(cfg, **overrides)
-            out.append((point, cfg))
+    for point, seed in order:
+        cfg = point.config(profile, seed=seed)
+        if overrides:
+            cfg = apply_overrides(cfg, **overrides)
+        out.append((point, cfg))
     return out
 
 
@@ -219,7 +229,8 @@ def sweep(experiment: str, profile: Optional[str] = None, seeds: int = 1, backen
             owner = claims.owner(k) if k not in done_keys else None
             state = "done" if k in done_keys else ("todo" if owner is None else
                                                    f"claimed by {owner.get('host')}:{owner.get('pid')}")
-            print(f"[{state}] seed={c.train.seed} {p.describe()}  (config {c.config_hash()})")
+            label = f"  [{p.label}]" if p.label else ""
+            print(f"[{state}] seed={c.train.seed} {p.describe()}{label}  (config {c.config_hash()})")
         print(f"{len(runs)} runs, {summary.skipped} already in {store.path}")
         return summary
     # refuse, before anything trains: an unplannable point, an unwritable store or checkpoint folder
@@ -591,7 +602,7 @@ def register_cli(sub: Any) -> None:
                                    "Finished points are skipped on re-run; failures are retried, then recorded. "
                                    "'capslib sweep list' lists the experiments.")
     p.add_argument("name", help="experiment name, or 'list'")
-    p.add_argument("--profile", default=None, help="smoke, fmnist or paper (default: the experiment's own)")
+    p.add_argument("--profile", default=None, help="smoke, cpu, fmnist or paper (default: the experiment's own)")
     p.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1 (default 1)")
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="where runs execute")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
