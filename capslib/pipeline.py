@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from .atomic import CheckpointError, check_writable, read_json, save_atomic, save_text_atomic
-from .config import RunConfig
+from .config import CHIP_ESTIMATORS, RunConfig
 from .data import DataSplits, load_splits
 from .model import CapsNet, count_params
 from .provenance import provenance, resolve_device, capslib_version
@@ -66,7 +66,7 @@ __all__ = [
 #: CCM weight of stage 2 when neither the argument nor the config sets one (the authors' code).
 DEFAULT_ALPHA = 0.01
 STAGES = ("base", "ccm", "pruned", "retrain")
-ESTIMATORS = ("per_image", "batch_mean")
+ESTIMATORS = CHIP_ESTIMATORS  # CHIP estimators a pipeline takes
 
 StoreLike = Union[ResultsStore, str, os.PathLike, None]
 
@@ -418,7 +418,7 @@ def prune_pipeline(
     *,
     alpha: Optional[float] = None,
     mode: str = "channel",
-    estimator: str = "per_image",
+    estimator: Optional[str] = None,
     I: Optional[int] = None,
     slice_capsule_weights: bool = False,
     epochs_base: Optional[int] = None,
@@ -441,7 +441,9 @@ def prune_pipeline(
         alpha: CCM weight of stage 2 (default: ``cfg.train.alpha`` if > 0, else 0.01).
         mode: "channel" (the paper) or "capsule" (drop whole PrimaryCaps types);
             see :mod:`capslib.pruning`.
-        estimator: CHIP estimator, "per_image" (CHIP) or "batch_mean" (the authors' code).
+        estimator: CHIP estimator (:data:`capslib.config.CHIP_ESTIMATORS`): "per_image" (CHIP),
+            "batch_mean", or "batch_mean_r4" (the authors' code); None takes ``cfg.model.chip_estimator``
+            ("per_image" unless the authors' preset is on).
         I: IntermediateCaps of the rebuilt model (default: as ``cfg.model.I``).
         slice_capsule_weights: slice the capsule weights of the kept types instead
             of re-initialising them (needs mode="capsule" and the same I).
@@ -460,6 +462,7 @@ def prune_pipeline(
         row whose ``run_key`` encodes PR, mode, estimator, α and the stage's settings),
         the :class:`PrunePlan` and the retrained model.
     """
+    estimator = resolve_estimator(cfg, estimator)
     _check_pipeline_args(pr, mode, estimator, I, ci_batches, ci_batch_size)
     _check_epochs(epochs_base=epochs_base, epochs_ccm=epochs_ccm, epochs_retrain=epochs_retrain)
     _check_against_config(cfg, mode, I, slice_capsule_weights)
@@ -493,7 +496,7 @@ def depth_search(
     epochs: Optional[int] = None,
     alpha: Optional[float] = None,
     mode: str = "channel",
-    estimator: str = "per_image",
+    estimator: Optional[str] = None,
     epochs_base: Optional[int] = None,
     epochs_ccm: Optional[int] = None,
     ci_batches: int = 5,
@@ -528,6 +531,7 @@ def depth_search(
     """
     if not isinstance(max_I, int) or not isinstance(start_I, int) or start_I < 0 or max_I < start_I:
         raise ValueError(f"need integers 0 <= start_I <= max_I, got start_I={start_I!r}, max_I={max_I!r}")
+    estimator = resolve_estimator(cfg, estimator)
     if pr is not None:
         _check_pipeline_args(pr, mode, estimator, base_I, ci_batches, ci_batch_size)
         check_prunable(RunConfig(model=cfg.model.replace(I=base_I), data=cfg.data, train=cfg.train,
@@ -585,13 +589,19 @@ def _depth_trial(run: _Runner, cfg: RunConfig, depth: int, epochs: int, parent: 
     return rec
 
 
+def resolve_estimator(cfg: RunConfig, estimator: Optional[str]) -> str:
+    """The CHIP estimator a pipeline uses: the one asked for, else the config's ``chip_estimator``
+    ("per_image" by default, "batch_mean_r4" under the authors' preset)."""
+    return estimator if estimator is not None else cfg.model.chip_estimator
+
+
 def _check_pipeline_args(pr: float, mode: str, estimator: str, I: Optional[int], ci_batches: int,
                          ci_batch_size: int) -> None:
     if not isinstance(pr, (int, float)) or isinstance(pr, bool) or not 0.0 <= pr < 1.0:
         raise ValueError(f"pruning ratio PR must be in [0, 1), got {pr!r}")
     if mode not in MODES:
         raise ValueError(f"prune mode must be one of {MODES}, got {mode!r}")
-    if estimator not in ESTIMATORS:
+    if estimator is not None and estimator not in ESTIMATORS:  # None: the config's chip_estimator
         raise ValueError(f"CHIP estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if I is not None and (not isinstance(I, int) or I < 0):
         raise ValueError(f"I (IntermediateCaps after pruning) must be an integer >= 0, got {I!r}")
@@ -648,8 +658,9 @@ def _add_prune_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default="channel",
                    help="'channel': prune PrimaryCaps channels one by one and regroup the kept ones (paper); "
                         "'capsule': drop whole capsule types by their summed CI (default: channel)")
-    g.add_argument("--estimator", choices=ESTIMATORS, default="per_image",
-                   help="CHIP estimator: 'per_image' (CHIP) or 'batch_mean' (authors' code) (default: per_image)")
+    g.add_argument("--estimator", choices=ESTIMATORS, default=None,
+                   help="CHIP estimator: 'per_image' (CHIP), 'batch_mean', or 'batch_mean_r4' (the authors' code) "
+                        "(default: the config's chip_estimator, per_image unless the authors' preset is on)")
     g.add_argument("--epochs-base", type=int, default=None, help="epochs of stage 1, base training (default --epochs)")
     g.add_argument("--epochs-ccm", type=int, default=None, help="epochs of stage 2, CCM retraining (default --epochs)")
     g.add_argument("--ci-batches", type=int, default=5, help="training batches CHIP scores on (default 5)")

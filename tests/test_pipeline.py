@@ -245,3 +245,14 @@ def test_cli_prune_reports_bad_ratio():
                            "--store", "/dev/null/never"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "PR must be in [0, 1)" in proc.stderr
+
+
+def test_the_pipeline_takes_the_configs_chip_estimator_unless_told():
+    from capslib.config import apply_preset, profile
+    from capslib.pipeline import resolve_estimator
+
+    cfg = profile("smoke")
+    authors = apply_preset(cfg, "authors")
+    assert resolve_estimator(cfg, None) == "per_image"
+    assert resolve_estimator(authors, None) == "batch_mean_r4"  # their code's estimator
+    assert resolve_estimator(authors, "per_image") == "per_image"
