@@ -214,11 +214,13 @@ def _seed002_depth(profile: str) -> list[Point]:
 
 #: The collapse study's fixed numbers (profile ``cpu``: CapsNet[20, 8], ConvCaps and class init std 0.5).
 #:
-#: * ``L`` = 7: the depth at which CapsNet[20, 8] collapses in the paper (Table 2), in the issue's pilot,
-#:   and at which the screen finds the gradient at initialisation below Adam's eps (the class lengths
-#:   are exactly 0 on some first-epoch batches, ~1e-16 on the others; see collapse_limits).
-#:   ``L_exact`` = 8: the first depth whose class lengths are exactly 0 on every screened batch of every
-#:   seed in float32 (``L_exact64`` = 10 in float64).
+#: * ``L`` = 7: the smallest per-seed depth limit of the screen (:func:`collapse_limits`, results/collapse/
+#:   limits_cpu.csv): on the first three training batches of each seed's own run the class lengths at
+#:   initialisation are exactly 0 from I = 7 on 4 of 9 batches (seeds 0 and 2) and from I = 8 on the
+#:   others, are <= 5e-13 at I = 7 everywhere, and the PrimaryCaps gradient at I = 7 is 0 or 1e-13 (Adam
+#:   moves a parameter by ~lr·g/(|g| + 1e-8): nothing). It is also where the paper (Table 2) and the
+#:   issue's pilot collapse. ``L_exact`` = 8: exactly 0 on every screened batch in float32;
+#:   ``L_exact64``: the same in float64 (deeper; see limits_cpu.csv).
 #: * ``C_pruned``, ``widths_pruned``: CapsNet[20, 8] pruned at PR 0.25 by the paper's rule (C' = 15),
 #:   the architecture the prune pipeline rebuilds (:func:`capslib.init_study.pruned_model_config`).
 #: * the remedy: every ConvCaps at ``remedy_std`` and the class capsules at ``remedy_class_std``, chosen
