@@ -107,7 +107,7 @@ def build(impl: str, I: int, C: int, D: int) -> CapsNet:
 class UnfusedConvCaps(ConvCaps):
     """capslib's ConvCaps (same weights, same checkpointing), votes contiguous, autograd routing."""
 
-    def _route(self, u: Tensor) -> Tensor:
+    def _route(self, u: Tensor, fused: bool = False) -> Tensor:  # fused ignored: the reference path
         B = u.shape[0]
         windows, Ho, Wo = unfold_capsules(u, self.kernel, self.stride, self.padding)
         v, _ = dynamic_routing(capsule_votes(windows, self.weight.float()), self.iters, fused_backward=False)
@@ -115,7 +115,7 @@ class UnfusedConvCaps(ConvCaps):
 
 
 class UnfusedClassCaps(ClassCaps):
-    def _route(self, u: Tensor) -> Tensor:
+    def _route(self, u: Tensor, fused: bool = False) -> Tensor:
         B = u.shape[0]
         u_hat = capsule_votes(u.reshape(B, -1, u.shape[-1]), self.weight.float())
         return dynamic_routing(u_hat, self.iters, fused_backward=False)[0]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import IO, Any, Callable, Iterable, Optional
 
 __all__ = ["save_text_atomic", "save_atomic", "CheckpointError", "load_checkpoint", "read_json",
            "check_writable"]
@@ -44,13 +44,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_text_atomic(path: str | os.PathLike, text: str, sync_dir: bool = False) -> None:
-    """Write ``text`` to ``path`` atomically (``sync_dir``: fsync the folder after the rename too)."""
-    path = Path(path)
+def _write_atomic(path: Path, mode: str, write: Callable[[IO], Any], sync_dir: bool) -> None:
+    """Write through ``write(file)`` to a fsynced temporary file, rename it over ``path``; ``sync_dir``:
+    fsync the folder after the rename too. The temporary file never outlives a failure."""
     tmp = _temp_path(path)
     try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
+        with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,22 +61,16 @@ def save_text_atomic(path: str | os.PathLike, text: str, sync_dir: bool = False)
         _fsync_dir(path.parent)
 
 
+def save_text_atomic(path: str | os.PathLike, text: str, sync_dir: bool = False) -> None:
+    """Write ``text`` to ``path`` atomically (``sync_dir``: fsync the folder after the rename too)."""
+    _write_atomic(Path(path), "w", lambda f: f.write(text), sync_dir)
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj)`` to ``path`` atomically and durably (file and folder fsynced)."""
     import torch
 
-    path = Path(path)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    _write_atomic(Path(path), "wb", lambda f: torch.save(obj, f), sync_dir=True)
 
 
 # ----------------------------------------------------------------------------- reading back

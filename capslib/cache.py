@@ -9,7 +9,6 @@ library never serves a stale number.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +17,7 @@ import torch
 from .atomic import save_atomic
 from .config import RunConfig
 from .model import CapsNet
-from .provenance import resolve_device
+from .provenance import resolve_device, user_cache_dir
 from .results import ResultsStore, parse_row, run_key, run_row
 from .train import fit
 
@@ -26,11 +25,8 @@ __all__ = ["model_cache_dir", "cached_fit"]
 
 
 def model_cache_dir() -> Path:
-    env = os.environ.get("CAPSLIB_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "capslib" / "models"
+    """Trained weights of the book's runs: ``$CAPSLIB_CACHE`` or ``~/.cache/capslib/models``."""
+    return user_cache_dir("models", "CAPSLIB_CACHE")
 
 
 def cached_fit(cfg: RunConfig, experiment: str = "book", need_model: bool = False,

@@ -88,12 +88,16 @@ def use_fused_routing(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
-def _checkpointed(layer: nn.Module, u: Tensor) -> bool:
-    """Whether a capsule layer recomputes its votes in backward by gradient checkpointing: only on
-    the PyTorch path (the fused kernel keeps no votes for backward in the first place)."""
-    if not (layer.recompute and torch.is_grad_enabled() and u.requires_grad):
-        return False
-    return not (layer.fused and fused_routing.usable(u, layer.weight))
+def _routed_forward(layer: nn.Module, u: Tensor) -> Tensor:
+    """The forward of ConvCaps and ClassCaps: decide once whether the fused kernel routes ``u``; on the
+    PyTorch path with ``recompute``, checkpoint so the votes are recomputed in backward (the fused kernel
+    keeps no votes for backward in the first place)."""
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        u = routing_dtype(u)
+        fused = layer.fused and fused_routing.usable(u, layer.weight)
+        if not fused and layer.recompute and torch.is_grad_enabled() and u.requires_grad:
+            return checkpoint(layer._route, u, False, use_reentrant=False)
+        return layer._route(u, fused)
 
 
 class PrimaryCaps(nn.Module):
@@ -155,11 +159,11 @@ class ConvCaps(nn.Module):
         self.fused = True  # route with capslib.fused_routing where it runs (CPU); False: the PyTorch path
         self.weight = nn.Parameter(torch.randn(kernel * kernel * Cin, Cout, Dout, Din) * init_std)
 
-    def _route(self, u: Tensor) -> Tensor:
+    def _route(self, u: Tensor, fused: bool = False) -> Tensor:
         B = u.shape[0]
         windows, Ho, Wo = unfold_capsules(u, self.kernel, self.stride, self.padding, self.layout)  # (B·L, 9Cin, Din)
         weight = self.weight.to(u.dtype)  # (9Cin, Cout, Dout, Din)
-        if self.fused and fused_routing.usable(windows, weight):  # votes never materialised (capslib.fused_routing)
+        if fused:  # votes never materialised (capslib.fused_routing)
             v = fused_routing.route(windows, weight, self.iters, self.squash_eps)  # (B·L, Cout, Dout)
         else:
             u_hat = capsule_votes(windows, weight, contiguous=False)  # (B·L, Cout, 9Cin, Dout)
@@ -168,11 +172,7 @@ class ConvCaps(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         """(B, H, W, Cin, Din) -> (B, Ho, Wo, Cout, Dout)."""
-        with torch.autocast(device_type=u.device.type, enabled=False):
-            u = routing_dtype(u)
-            if _checkpointed(self, u):
-                return checkpoint(self._route, u, use_reentrant=False)
-            return self._route(u)
+        return _routed_forward(self, u)
 
 
 class ClassCaps(nn.Module):
@@ -189,11 +189,11 @@ class ClassCaps(nn.Module):
         self.fused = True  # as in ConvCaps
         self.weight = nn.Parameter(torch.randn(num_inputs, num_classes, Dout, Din) * init_std)
 
-    def _route(self, u: Tensor) -> Tensor:
+    def _route(self, u: Tensor, fused: bool = False) -> Tensor:
         B = u.shape[0]
         children = u.reshape(B, -1, u.shape[-1])  # (B, K, D)
         weight = self.weight.to(u.dtype)  # (K, N, M, D)
-        if self.fused and fused_routing.usable(children, weight):
+        if fused:
             return fused_routing.route(children, weight, self.iters, self.squash_eps)  # (B, N, M)
         u_hat = capsule_votes(children, weight)  # (B, N, K, M)
         v, _ = dynamic_routing(u_hat, self.iters, eps=self.squash_eps)  # (B, N, M)
@@ -201,8 +201,4 @@ class ClassCaps(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         """(B, H, W, C, D) -> (B, N, M)."""
-        with torch.autocast(device_type=u.device.type, enabled=False):
-            u = routing_dtype(u)
-            if _checkpointed(self, u):
-                return checkpoint(self._route, u, use_reentrant=False)
-            return self._route(u)
+        return _routed_forward(self, u)

@@ -76,6 +76,8 @@ __all__ = [
 
 #: A verdict rests on at least this many seeds per decisive point (and on its control).
 MIN_SEEDS = 3
+#: The profile of the committed decisive runs (``results/collapse/cpu.csv``, see its README).
+RUNS_PROFILE = "cpu"
 #: Chance accuracy of a 10-class problem, and the band around it that counts as collapsed.
 CHANCE = 0.10
 CHANCE_BAND = 0.02
@@ -448,7 +450,7 @@ def _fallback_points() -> list[CollapsePoint]:
     return pts
 
 
-def collapse_points(profile: str = "fmnist") -> list[CollapsePoint]:
+def collapse_points(profile: str = RUNS_PROFILE) -> list[CollapsePoint]:
     """The decisive points and what each decides: from the ``collapse`` experiment of
     :mod:`capslib.experiments` when it exists (its point labels; role "control" when the label says so),
     else :func:`_fallback_points`. The one place to adapt when the experiment's layout changes."""
@@ -465,17 +467,30 @@ def collapse_points(profile: str = "fmnist") -> list[CollapsePoint]:
         I = int(p.I_after if p.I_after is not None else ov.get("I", 0))
         std = float(ov.get("init_std", 0.5))
         pr = float(p.pr or 0.0)
-        known = fallback.get((C, D, I, round(pr, 4), round(std, 4)))
         label = p.label or f"C{C} D{D} I{I}" + (f" PR{pr:g}" if pr else "")
-        low = label.lower()
-        if known is not None:
-            claim, role, why = known.claim, known.role, known.why
-        else:
-            claim = "rescue" if pr or "control" in low or "fresh" in low else "collapse"
-            role = "control" if ("control" in low or "fresh" in low or I < 7) else "test"
-            why = ""
+        claim, role, why = _claim_of(label, C, I, pr, str(ov.get("dtype", "float32")),
+                                     fallback.get((C, D, I, round(pr, 4), round(std, 4))))
         out.append(CollapsePoint(label, C, D, I, pr, std, claim, role, why))
     return out
+
+
+def _claim_of(label: str, C: int, I: int, pr: float, dtype: str, known: Optional[CollapsePoint]) -> tuple:
+    """(claim, role, why) of an experiment point, from what its label and config say it is: float64 runs
+    test precision, the remedy its own claim, the pretrained-unpruned and same-width-from-scratch runs are
+    the rescue's controls, a prune the rescue's test, and C20 from scratch the collapse (control below
+    the limit, test at and beyond it)."""
+    low = label.lower()
+    if dtype == "float64" or "float64" in low:
+        return "precision", "test", "the same net in float64: does the cliff move by more than one layer?"
+    if "remedy" in low:
+        return "remedy", "test", "no pruning: an init scale chosen from the length map, at ≥ 1.5× the limit"
+    if "pretrained" in low or "control" in low or "fresh" in low or ("from scratch" in low and C != 20):
+        return "rescue", "control", "no CHIP selection: decides whether pruning or fewer types C′ rescues"
+    if pr:
+        return "rescue", "test", "CCM + CHIP prune of the base model, fresh ConvCaps"
+    if known is not None:
+        return known.claim, known.role, known.why
+    return "collapse", ("control" if "(l-1)" in low else "test"), ""
 
 
 def _num(v: Any, default: float = float("nan")) -> float:
@@ -513,7 +528,7 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
     return ok[keep]
 
 
-def load_collapse(profile: str = "fmnist", root: Optional[str | Path] = None) -> pd.DataFrame:
+def load_collapse(profile: str = RUNS_PROFILE, root: Optional[str | Path] = None) -> pd.DataFrame:
     """The final rows (:func:`final_rows`) of ``<root>/collapse/<profile>.csv``; empty when it does not exist."""
     from .results import ResultsStore
 
@@ -539,10 +554,12 @@ def run_summary(rows: pd.DataFrame, points: Optional[Sequence[CollapsePoint]] = 
     ``status`` ("runs in progress" when the point has no row yet, else "n seeds").
     """
     points = list(points if points is not None else collapse_points())
-    groups: dict[tuple, list[dict]] = {}
+    labels = {p.label for p in points}
+    groups: dict[Any, list[dict]] = {}
     if not rows.empty:
-        for r in rows.to_dict(orient="records"):
-            groups.setdefault(point_of_row(r), []).append(r)
+        for r in rows.to_dict(orient="records"):  # a row's own point label first: float64 and control rows
+            lab = r.get("label")                   # share (C, D, I, PR, std) with other points
+            groups.setdefault(lab if isinstance(lab, str) and lab in labels else point_of_row(r), []).append(r)
     out = []
 
     def line(label, claim, role, key, rs, why=""):
@@ -571,10 +588,10 @@ def run_summary(rows: pd.DataFrame, points: Optional[Sequence[CollapsePoint]] = 
 
     seen = set()
     for p in points:
-        out.append(line(p.label, p.claim, p.role, p.key(), groups.get(p.key(), []), p.why))
-        seen.add(p.key())
+        out.append(line(p.label, p.claim, p.role, p.key(), groups.get(p.label) or groups.get(p.key(), []), p.why))
+        seen.update((p.key(), p.label))
     for key, rs in groups.items():
-        if key not in seen:
+        if key not in seen and isinstance(key, tuple):
             C, D, I, pr, std = key
             out.append(line(f"C{C} D{D} I{I}" + (f" PR{pr:g}" if pr else "") + f" std{std:g}", "other", "",
                             key, rs))
@@ -673,9 +690,14 @@ def grade(*, supported: Optional[bool], n_seeds: int, control_seen: bool, scale:
     return "reproduced"
 
 
-def _pt(summary: pd.DataFrame, label: str) -> Optional[pd.Series]:
-    hit = summary[summary["point"] == label]
-    return None if hit.empty else hit.iloc[0]
+def _collapse_pair(summary: pd.DataFrame) -> tuple[Optional[pd.Series], Optional[pd.Series]]:
+    """(below, at) the collapse: the collapse claim's control point (one layer below the limit) and its
+    shallowest test point (at the limit), whatever the points are labelled."""
+    pts = summary[summary["claim"] == "collapse"] if "claim" in summary else summary.iloc[0:0]
+    ctrl, test = pts[pts["role"] == "control"], pts[pts["role"] == "test"]
+    below = ctrl.sort_values("I").iloc[-1] if len(ctrl) else None
+    at = test.sort_values("I").iloc[0] if len(test) else None
+    return below, at
 
 
 def _frac(collapsed: str) -> Optional[float]:
@@ -692,6 +714,19 @@ def _limits_row(table: pd.DataFrame, preset: str, C: int, D: int, pr: float = 0.
     return None if hit.empty else hit.iloc[0]
 
 
+def _labels(summary: pd.DataFrame, claim: str, role: Optional[str] = None) -> str:
+    """The labels of the points deciding ``claim`` (of one ``role`` if given), for a verdict's text."""
+    rows = summary[(summary["claim"] == claim) & ((summary["role"] == role) if role else True)]
+    return " / ".join(f"`{p}`" for p in rows["point"]) or "(none in the grid)"
+
+
+def _store_grade(scale: str, seeds: int) -> str:
+    """The verdict of a claim that rests on a results store's rows alone (no decisive point): smoke and
+    missing stores are inconclusive, and so is anything else until a point decides it."""
+    return grade(supported=None, n_seeds=seeds, control_seen=False,
+                 scale=scale if scale in ("smoke", "none") else "full")
+
+
 def _points_text(summary: pd.DataFrame, claim: str) -> str:
     rows = summary[summary["claim"] == claim]
     parts = []
@@ -700,7 +735,7 @@ def _points_text(summary: pd.DataFrame, claim: str) -> str:
             parts.append(f"{r['point']} ({r['role']}): runs in progress")
         else:
             sd = "" if pd.isna(r["± std"]) else f" ± {r['± std']:.1f}"
-            parts.append(f"{r['point']} ({r['role']}): {r['test acc (%)']:.1f}{sd} % over {r['seeds']} seeds "
+            parts.append(f"{r['point']} ({r['role']}): {r['test acc (%)']:.1f}{sd} % over {r['seeds']} seed{'s' if r['seeds'] != 1 else ''} "
                          f"({r['seed list']}), collapsed {r['collapsed']}, {r['dataset']}, profile {r['profile']}, "
                          f"{r['device']}")
     return "; ".join(parts)
@@ -743,7 +778,7 @@ def _seed002_smoke_text(root: Path) -> str:
     return "; ".join(parts)
 
 
-def verdicts(runs_profile: str = "fmnist", root: Optional[str | Path] = None,
+def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None,
              summary: Optional[pd.DataFrame] = None, limits: Optional[pd.DataFrame] = None) -> list[Verdict]:
     """One :class:`Verdict` per claim, from the committed rows under ``root`` (default ``results/``).
 
@@ -761,7 +796,7 @@ def verdicts(runs_profile: str = "fmnist", root: Optional[str | Path] = None,
     out: list[Verdict] = []
 
     # --- 1. CapsNet[20, 8] collapses at I >= 7 (Table 2) ----------------------------------------------
-    i6, i7 = _pt(summary, "C20 D8 I6"), _pt(summary, "C20 D8 I7")
+    i6, i7 = _collapse_pair(summary)
     n = min(int(i6["seeds"]) if i6 is not None else 0, int(i7["seeds"]) if i7 is not None else 0)
     f6 = _frac(i6["collapsed"]) if i6 is not None and i6["seeds"] else None
     f7 = _frac(i7["collapsed"]) if i7 is not None and i7["seeds"] else None
@@ -784,9 +819,10 @@ def verdicts(runs_profile: str = "fmnist", root: Optional[str | Path] = None,
         seeds=n,
         control="CapsNet[20, 8, 6] with the same init and budget must train (else the collapse is not specific "
                 "to I ≥ 7); the init std (0.3 collapses earlier, 0.7 not at all: slider below) is the lever.",
-        would_change=(f"Decided by {store} rows of points C20 D8 I6 and C20 D8 I7, ≥ {MIN_SEEDS} seeds each: "
-                      "reproduced if every I = 7 seed sits at chance and no I = 6 seed does; not reproduced if "
-                      "I = 7 trains in any seed or I = 6 collapses. It is CIFAR-10 in the paper: a Fashion-MNIST "
+        would_change=(f"Decided by {store} rows of points {_labels(summary, 'collapse', 'control')} (below the "
+                      f"limit) and {_labels(summary, 'collapse', 'test')} (at and beyond it), ≥ {MIN_SEEDS} seeds "
+                      "each: reproduced if every seed at the limit sits at chance and no seed below it does; not "
+                      "reproduced if the limit's depth trains in any seed or the depth below it collapses. It is CIFAR-10 in the paper: a Fashion-MNIST "
                       "result tests the mechanism, not the paper's accuracies."),
         details={"supported": supported, "init": init}))
 
@@ -814,9 +850,10 @@ def verdicts(runs_profile: str = "fmnist", root: Optional[str | Path] = None,
                  "CapsNet[C', 8]: see the PR slider above.",
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], profile {runs_profile}",
         seeds=min(n_t, n_c, n),
-        control="Fresh, unpruned CapsNet[C', 8, 7] with the C' each prune leaves (18, 15, 13; no CCM, no CHIP). "
-                "If it trains too, the rescue is explained by C', not by pruning.",
-        would_change=(f"Decided by {store} rows of C20 D8 I7 PR0.125 / PR0.25 / PR0.375 and the C' controls, "
+        control=f"{_labels(summary, 'rescue', 'control')}: no CHIP selection (a fresh, unpruned CapsNet[C', 8, 7] "
+                "with the C' a prune leaves, and the pretrained backbone kept whole). If they train too, the rescue "
+                "is explained by C' or by the pretrained backbone, not by pruning.",
+        would_change=(f"Decided by {store} rows of {_labels(summary, 'rescue', 'test')} and the controls, "
                       f"≥ {MIN_SEEDS} seeds each: reproduced if the pruned models train and the controls "
                       "collapse; explained by C' if both train; not reproduced if the pruned models collapse."),
         details={"rescued": rescued, "control_trains": ctrl_trains}))
@@ -854,8 +891,7 @@ def verdicts(runs_profile: str = "fmnist", root: Optional[str | Path] = None,
         claim="Table 1's trends: accuracy rises then falls with PR; doubling C or D raises accuracy",
         source="paper 000, Table 1, §4",
         paper="e.g. [C=10, D=8]: 73.92 % (PR 0) → 74.71 % (PR 0.5) → 73.84 % (PR 0.75) (CIFAR-10)",
-        verdict=grade(supported=None, n_seeds=seeds1, control_seen=False,
-                      scale="smoke" if scale1 == "smoke" else ("none" if scale1 == "none" else "full")),
+        verdict=_store_grade(scale1, seeds1),
         evidence=(f"`results/table1/` holds only {', '.join(profs1) or 'no'} rows "
                   f"({seeds1} seed{'s' if seeds1 != 1 else ''}; smoke: CapsNet[C=8, D=4 and 8], one epoch, "
                   "Fashion-MNIST subset): a code-path check, not a test of the trend."),
@@ -902,8 +938,7 @@ def verdicts(runs_profile: str = "fmnist", root: Optional[str | Path] = None,
         source="seed 002 (Everett et al.), Figs. 1–5",
         paper="more dead capsules at more ConvCaps layers, 1..10, on MNIST, Fashion-MNIST, CIFAR-10, "
               "smallNORB, ImageWoof (figures, no table)",
-        verdict=grade(supported=None, n_seeds=seeds2, control_seen=False,
-                      scale="smoke" if scale2 == "smoke" else ("none" if scale2 == "none" else "full")),
+        verdict=_store_grade(scale2, seeds2),
         evidence=(f"`results/seed002_depth/` holds {', '.join(profs2) or 'no'} rows only ({seeds2} seed; "
                   "C = 4, D = 9, I = 1..3, two epochs on a Fashion-MNIST subset). Dead ConvCaps types "
                   f"(seed 002's definition): {_seed002_smoke_text(root)}."),
@@ -932,6 +967,36 @@ def verdicts(runs_profile: str = "fmnist", root: Optional[str | Path] = None,
                       f"`results/table1/fmnist.csv`, ≥ {MIN_SEEDS} seeds) scored against their initial kernels; "
                       "DHCD itself is untestable here."),
         details={}))
+
+    # --- H. The companion's mechanism: precision does not move the cliff, an init remedy does ---------
+    prec = summary[summary["claim"] == "precision"].sort_values("I")
+    rem = summary[summary["claim"] == "remedy"]
+    h_pts = pd.concat([prec, rem])
+    n_h = int(h_pts["seeds"].min()) if len(h_pts) else 0
+    beyond = prec.iloc[-1] if len(prec) else None  # float64 one layer beyond the float32 limit
+    f64_dies = _frac(beyond["collapsed"]) == 1.0 if beyond is not None and beyond["seeds"] else None
+    rem_fracs = [_frac(c) for c, k in zip(rem["collapsed"], rem["seeds"]) if k]
+    rem_trains = all(f == 0.0 for f in rem_fracs) if len(rem) and len(rem_fracs) == len(rem) else None
+    supported = None if f64_dies is None or rem_trains is None else (f64_dies and rem_trains)
+    out.append(Verdict(
+        claim="(Hypothesis H, this companion's) The cliff is the capsule-length map at initialisation: float64 "
+              "moves it by at most one layer, and an init scale chosen from the map trains at ≥ 1.5× the limit "
+              "without pruning",
+        source="issue 10; the length map of the collapse chapter",
+        paper="not a claim of the paper, which attributes the collapse to vanishing activations and offers "
+              "pruning as the remedy",
+        verdict=grade(supported=supported, n_seeds=min(n_h, n), control_seen=i7 is not None and i7["seeds"] > 0,
+                      scale="full"),
+        evidence=_points_text(summary, "precision") + "; " + _points_text(summary, "remedy"),
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], profile {runs_profile}",
+        seeds=min(n_h, n),
+        control=f"The float32 points at the same depths ({_labels(summary, 'collapse', 'test')}): the float64 "
+                "runs differ from them only in precision, the remedy only in its init std.",
+        would_change=(f"Decided by {store} rows of {_labels(summary, 'precision')} and "
+                      f"{_labels(summary, 'remedy')}, ≥ {MIN_SEEDS} seeds each: not reproduced if the float64 net "
+                      "trains one layer beyond the float32 limit (precision, not the map, sets the cliff) or if "
+                      "the remedy collapses."),
+        details={"float64_beyond_collapses": f64_dies, "remedy_trains": rem_trains}))
     return out
 
 
@@ -975,7 +1040,7 @@ def chapter_params(chapter: str) -> dict:
     common = {
         "PROFILE": Param("choice", "smoke", "the book's profile (this page trains nothing; accepted for the build)",
                          choices=tuple(PROFILES)),
-        "RUNS_PROFILE": Param("choice", "fmnist", "profile of the decisive runs read from results/collapse/",
+        "RUNS_PROFILE": Param("choice", RUNS_PROFILE, "profile of the decisive runs read from results/collapse/",
                               choices=tuple(PROFILES)),
     }
     if chapter == "verdicts":

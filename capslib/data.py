@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .config import DATASETS, DataConfig, canonical_dataset
+from .provenance import user_cache_dir
 
 __all__ = ["DatasetUnavailableError", "data_root", "load_raw", "verify_cifar10", "DataSplits", "load_splits"]
 
@@ -44,11 +45,7 @@ def data_root(root: Optional[str | os.PathLike] = None) -> Path:
     """The data folder: ``root`` if given, else ``$CAPSLIB_DATA``, else a user cache folder."""
     if root is not None:
         return Path(root).expanduser()
-    env = os.environ.get("CAPSLIB_DATA")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "capslib" / "data"
+    return user_cache_dir("data", "CAPSLIB_DATA")
 
 
 _TV_FOLDER = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}

@@ -40,6 +40,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .provenance import user_cache_dir
+
 __all__ = ["available", "status", "route", "build", "kernel_path"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_routing.cpp"
@@ -56,11 +58,7 @@ _pool_pid = 0
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("CAPSLIB_KERNELS")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "capslib" / "kernels"
+    return user_cache_dir("kernels", "CAPSLIB_KERNELS")
 
 
 def _compiler() -> Optional[str]:

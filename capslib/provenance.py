@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -10,7 +11,17 @@ from typing import Optional
 
 import torch
 
-__all__ = ["capslib_version", "git_state", "device_info", "provenance", "resolve_device"]
+__all__ = ["capslib_version", "git_state", "device_info", "provenance", "resolve_device", "user_cache_dir"]
+
+
+def user_cache_dir(sub: str, env_var: str) -> Path:
+    """Where capslib keeps ``sub`` (data, models, kernels): ``$<env_var>`` if set, else
+    ``$XDG_CACHE_HOME/capslib/<sub>`` (``~/.cache/capslib/<sub>`` without XDG)."""
+    env = os.environ.get(env_var)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "capslib" / sub
 
 
 @lru_cache(maxsize=1)

@@ -134,7 +134,7 @@ def test_smoke_only_claims_are_never_reproduced(tmp_path):
     _write(tmp_path, [seed002], name="seed002_depth", profile="smoke")
     vs = cb.verdicts("fmnist", tmp_path)
     by = {v.source.split(",")[0] + v.claim[:12]: v for v in vs}
-    assert len(vs) == 7
+    assert len(vs) == 8  # the paper's five, seeds 002 and 004, and the companion's hypothesis H
     for v in vs:
         assert v.verdict in ("inconclusive", "inconclusive (smoke scale)") or v.verdict.startswith("untestable")
         assert v.would_change and v.control and v.evidence
@@ -196,3 +196,56 @@ def test_chapter_parameters_are_validated():
         check_parameters({**ns, "PRS": [1.5]}, cb.chapter_params("collapse"))
     with pytest.raises(ParameterError, match="unknown parameter"):
         check_parameters({**ns, "STD": 0.5}, cb.chapter_params("collapse"))
+
+
+
+def test_rows_are_grouped_by_their_point_label_and_the_verdict_finds_the_experiments_points():
+    """float64 and control points share (C, D, I, PR, std) with the float32 from-scratch points: each row
+    goes to its own labelled point, and the collapse verdict reads the experiment's L-1 / L points."""
+    pts = [cb.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+           cb.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
+           cb.CollapsePoint("C20 I=7 (L) float64", 20, 8, 7, 0.0, 0.5, "precision", "test")]
+    rows = []
+    for seed in range(3):
+        base = {"status": "ok", "stage": "train", "kind": "train", "seed": seed, "model.C": 20, "model.D": 8,
+                "model.init_std": 0.5, "pr": 0.0, "data.dataset": "fashion-mnist", "profile": "cpu"}
+        rows += [{**base, "label": "C20 I=6 (L-1)", "model.I": 6, "test_acc": 0.70},
+                 {**base, "label": "C20 I=7 (L)", "model.I": 7, "test_acc": 0.10},
+                 {**base, "label": "C20 I=7 (L) float64", "model.I": 7, "test_acc": 0.60}]
+    s = cb.run_summary(pd.DataFrame(rows), pts).set_index("point")
+    assert s.loc["C20 I=7 (L)", "test acc (%)"] == pytest.approx(10.0)
+    assert s.loc["C20 I=7 (L) float64", "test acc (%)"] == pytest.approx(60.0)
+    below, at = cb._collapse_pair(s.reset_index())
+    assert below["point"] == "C20 I=6 (L-1)" and at["point"] == "C20 I=7 (L)"
+    assert cb._claim_of("C20 pretrained backbone, unpruned, I=7 (control)", 20, 7, 0.0, "float32", None)[:2] == \
+        ("rescue", "control")
+    assert cb._claim_of("C'=15 from scratch I=7 (same-width control)", 15, 7, 0.0, "float32", None)[1] == "control"
+    assert cb._claim_of("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 7, 0.25, "float32", None)[:2] == ("rescue", "test")
+    assert cb._claim_of("C20 I=8 (L+1) float64", 20, 8, 0.0, "float64", None)[0] == "precision"
+
+
+def _h_summary(f64_beyond_acc: float, remedy_acc: float) -> pd.DataFrame:
+    pts = [cb.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+           cb.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
+           cb.CollapsePoint("remedy: C20 I=11 std 0.6", 20, 8, 11, 0.0, 0.6, "remedy", "test"),
+           cb.CollapsePoint("C20 I=7 (L) float64", 20, 8, 7, 0.0, 0.5, "precision", "test"),
+           cb.CollapsePoint("C20 I=8 (L+1) float64", 20, 8, 8, 0.0, 0.5, "precision", "test")]
+    accs = {"C20 I=6 (L-1)": 0.7, "C20 I=7 (L)": 0.1, "remedy: C20 I=11 std 0.6": remedy_acc,
+            "C20 I=7 (L) float64": 0.1, "C20 I=8 (L+1) float64": f64_beyond_acc}
+    rows = [{"status": "ok", "stage": "train", "kind": "train", "seed": seed, "label": p.label, "model.C": p.C,
+             "model.D": p.D, "model.I": p.I, "model.init_std": p.std, "pr": 0.0, "test_acc": accs[p.label]}
+            for p in pts for seed in range(3)]
+    return cb.run_summary(pd.DataFrame(rows), pts)
+
+
+@pytest.mark.parametrize("f64_beyond, remedy, expected", [
+    (0.10, 0.60, "reproduced"),       # float64 dies one layer beyond, the remedy trains
+    (0.55, 0.60, "not reproduced"),   # float64 trains beyond the float32 limit: precision sets the cliff
+    (0.10, 0.10, "not reproduced"),   # the remedy collapses
+])
+def test_hypothesis_h_verdict_follows_the_float64_and_remedy_points(tmp_path, f64_beyond, remedy, expected):
+    v = cb.verdicts("cpu", tmp_path, summary=_h_summary(f64_beyond, remedy),
+                    limits=cb.depth_limit_table(pd.DataFrame()))
+    h = next(x for x in v if x.claim.startswith("(Hypothesis H"))
+    assert h.verdict == expected and h.seeds == 3
+    assert "`C20 I=8 (L+1) float64`" in h.would_change
