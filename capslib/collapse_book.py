@@ -400,7 +400,7 @@ def screens_table(grid: Mapping[tuple, Screen], by_pr: Mapping[float, Screen]) -
             continue
         seen.add(key)
         zero = next((i for i, v in enumerate(s.layer_mean) if i > 0 and v == 0.0), None)
-        out.append({"C": s.C, "D": s.D, "PR": s.pr, "C'": s.C_eff, "init std": s.std,
+        out.append({"C": s.C, "D": s.D, "PR": f"{s.pr:g}", "C'": s.C_eff, "init std": s.std,
                     "first all-zero ConvCaps layer": "—" if zero is None else zero,
                     "depth limit (class = 0 from I)": f">{s.I_max}" if s.limit is None else s.limit,
                     "max trainable I": f">={s.I_max}" if s.limit is None else s.limit - 1,
@@ -690,6 +690,12 @@ def grade(*, supported: Optional[bool], n_seeds: int, control_seen: bool, scale:
     return "reproduced"
 
 
+#: What a rescue control that trains shows: a narrower net from scratch (C' < 20), or the C = 20 net on
+#: the CCM-trained backbone with fresh ConvCaps, unpruned.
+_RESCUE_CAUSE_NARROW = "fewer capsule types C' (a larger per-layer length gain ≈ 9σ²D/C')"
+_RESCUE_CAUSE_BACKBONE = "the trained backbone (the unpruned C = 20 net on it trains too)"
+
+
 def _collapse_pair(summary: pd.DataFrame) -> tuple[Optional[pd.Series], Optional[pd.Series]]:
     """(below, at) the collapse: the collapse claim's control point (one layer below the limit) and its
     shallowest test point (at the limit), whatever the points are labelled."""
@@ -834,9 +840,12 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
     rescued = None
     if len(tests) and (tests["seeds"] > 0).all():
         rescued = all(_frac(c) == 0.0 for c in tests["collapsed"])
-    ctrl_trains = None
+    ctrl_trains, causes = None, []
     if len(ctrls) and (ctrls["seeds"] > 0).all():
-        ctrl_trains = all(_frac(c) == 0.0 for c in ctrls["collapsed"])
+        trained = ctrls[[_frac(c) == 0.0 for c in ctrls["collapsed"]]]
+        ctrl_trains = bool(len(trained))
+        for C_ctrl in sorted(set(int(c) for c in trained["C"])):  # each control that trains: what it changes
+            causes.append(_RESCUE_CAUSE_NARROW if C_ctrl != 20 else _RESCUE_CAUSE_BACKBONE)
     base_collapses = f7 == 1.0 if f7 is not None else None
     supported = None if rescued is None or base_collapses is None else (rescued and base_collapses)
     out.append(Verdict(
@@ -844,8 +853,8 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         source="paper 000, Table 3, Figs. 4–5",
         paper="I = 7: 10 % unpruned, 79.3 / 79.6 / 79.2 % at PR 0.125 / 0.25 / 0.375 (CIFAR-10)",
         verdict=grade(supported=supported, n_seeds=min(n_t, n_c, n), control_seen=n_c > 0, scale="full",
-                      explained_by=("fewer capsule types C' (a larger per-layer length gain ≈ 9σ²D/C'), not by "
-                                    "which channels CCM + CHIP keep") if ctrl_trains else None),
+                      explained_by=(" and ".join(dict.fromkeys(causes)) + ", not by which channels CCM + CHIP "
+                                    "keep") if ctrl_trains else None),
         evidence=_points_text(summary, "rescue") + ". At initialisation a prune is a smaller, freshly initialised "
                  "CapsNet[C', 8]: see the PR slider above.",
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], profile {runs_profile}",
@@ -854,8 +863,9 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                 "with the C' a prune leaves, and the pretrained backbone kept whole). If they train too, the rescue "
                 "is explained by C' or by the pretrained backbone, not by pruning.",
         would_change=(f"Decided by {store} rows of {_labels(summary, 'rescue', 'test')} and the controls, "
-                      f"≥ {MIN_SEEDS} seeds each: reproduced if the pruned models train and the controls "
-                      "collapse; explained by C' if both train; not reproduced if the pruned models collapse."),
+                      f"≥ {MIN_SEEDS} seeds each: reproduced if the pruned models train and every control "
+                      "collapses; explained by what a control changes if it trains too (fewer types C′ from "
+                      "scratch, or the trained backbone kept whole); not reproduced if the pruned models collapse."),
         details={"rescued": rescued, "control_trains": ctrl_trains}))
 
     # --- 3. Higher PR allows more depth (Fig. 6) ------------------------------------------------------

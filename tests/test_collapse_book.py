@@ -249,3 +249,29 @@ def test_hypothesis_h_verdict_follows_the_float64_and_remedy_points(tmp_path, f6
     h = next(x for x in v if x.claim.startswith("(Hypothesis H"))
     assert h.verdict == expected and h.seeds == 3
     assert "`C20 I=8 (L+1) float64`" in h.would_change
+
+
+@pytest.mark.parametrize("narrow_acc, backbone_acc, expected", [
+    (0.1, 0.1, "reproduced"),  # both controls collapse: pruning (CCM + CHIP) is what rescues
+    (0.7, 0.1, "explained by fewer capsule types C'"),
+    (0.1, 0.6, "explained by the trained backbone"),
+    (0.7, 0.6, "explained by fewer capsule types C' (a larger per-layer length gain ≈ 9σ²D/C') and the trained "
+               "backbone"),
+])
+def test_rescue_is_explained_by_each_control_that_trains(tmp_path, narrow_acc, backbone_acc, expected):
+    """The cpu grid's two rescue controls: C' = 15 from scratch and the C = 20 net on the CCM-trained backbone,
+    unpruned. Whichever trains is named as the explanation; if neither does, the rescue is pruning's."""
+    pts = [cb.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+           cb.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
+           cb.CollapsePoint("C'=15 from scratch I=7 (same-width control)", 15, 8, 7, 0.0, 0.5, "rescue", "control"),
+           cb.CollapsePoint("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 8, 7, 0.25, 0.5, "rescue", "test"),
+           cb.CollapsePoint("C20 pretrained backbone, unpruned, I=7 (control)", 20, 8, 7, 0.0, 0.5, "rescue",
+                            "control")]
+    accs = dict(zip([p.label for p in pts], (0.7, 0.1, narrow_acc, 0.6, backbone_acc)))
+    rows = [{"status": "ok", "stage": "train", "kind": "train", "seed": seed, "label": p.label, "model.C": p.C,
+             "model.D": p.D, "model.I": p.I, "model.init_std": p.std, "pr": p.pr, "test_acc": accs[p.label]}
+            for p in pts for seed in range(3)]
+    v = cb.verdicts("cpu", tmp_path, summary=cb.run_summary(pd.DataFrame(rows), pts),
+                    limits=cb.depth_limit_table(pd.DataFrame()))
+    assert v[1].verdict.startswith(expected), v[1].verdict
+    assert v[1].seeds == 3
