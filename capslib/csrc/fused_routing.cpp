@@ -39,7 +39,9 @@ namespace {
 
 // exp for the softmax. float: a Cephes-style expf (range reduction to [-ln2/2, ln2/2], degree-6
 // polynomial, exponent by bit assembly), relative error ~1e-7; arguments are <= 0 here (logits
-// minus their maximum), and below -87 the result is 0. double: std::exp.
+// minus their maximum), and below -87 the result is 0. double: std::exp for the scalar tail; the
+// SIMD path (exp_lanes) uses the same scheme with a degree-12 Taylor polynomial, relative error
+// ~3e-16, clamped below at -708 (a result of ~3e-308 where std::exp would give 0 or a subnormal).
 inline float fast_exp(float x) {
   x = std::max(x, -87.0f);
   x = std::min(x, 88.0f);
@@ -63,23 +65,126 @@ inline float fast_exp(float x) {
 }
 inline double fast_exp(double x) { return std::exp(x); }
 
-template <typename T, int P>
-struct Router {
-  typedef T V __attribute__((vector_size(sizeof(T) * P)));  // one vote: P dims in one SIMD value
+// The widest SIMD register this build targets, in bytes. A GCC vector type wider than that is lowered
+// element by element through memory (measured: float P = 16 and double P = 8, 64 bytes on an AVX2
+// machine, ran ~10x slower per flop than 32-byte vectors), so a vote wider than one register is held
+// as an array of register-wide vectors (Lanes) with the same operators.
+#if defined(__AVX512F__)
+constexpr int kSimdBytes = 64;
+#elif defined(__AVX__)
+constexpr int kSimdBytes = 32;
+#else
+constexpr int kSimdBytes = 16;
+#endif
 
-  static inline V ld(const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
+// exp of every lane of a register-wide vector x (arguments <= 0: logits minus their maximum).
+template <typename T, typename N>
+inline N exp_lanes(N x) {
+  constexpr int L = sizeof(N) / sizeof(T);
+  if constexpr (sizeof(T) == 4) {  // fast_exp's algorithm
+    typedef int32_t NI __attribute__((vector_size(sizeof(int32_t) * L)));
+    x = x < T(-87) ? T(-87) : x;
+    x = x > T(88) ? T(88) : x;
+    const N nf = (x * T(1.44269504088896341) + T(12582912.0)) - T(12582912.0);
+    N r = x - nf * T(0.693359375);
+    r = r + nf * T(2.12194440e-4);
+    N p = T(1.9875691500e-4) + N{};
+    p = p * r + T(1.3981999507e-3);
+    p = p * r + T(8.3334519073e-3);
+    p = p * r + T(4.1665795894e-2);
+    p = p * r + T(1.6666665459e-1);
+    p = p * r + T(5.0000001201e-1);
+    p = p * r * r + r + T(1);
+    const NI bits = (__builtin_convertvector(nf, NI) + 127) << 23;
+    N scale;
+    std::memcpy(&scale, &bits, sizeof(N));
+    return p * scale;
+  } else {  // double: x = n ln2 + r (Cody-Waite, two parts of ln2), |r| <= ln2/2, e^r by Horner
+    typedef int64_t NI __attribute__((vector_size(sizeof(int64_t) * L)));
+    x = x < T(-708) ? T(-708) : x;
+    x = x > T(709) ? T(709) : x;
+    const N nf = (x * T(1.4426950408889634074) + T(6755399441055744.0)) - T(6755399441055744.0);
+    const N r = (x - nf * T(0.693145751953125)) - nf * T(1.42860682030941723212e-6);
+    N p = T(1.0 / 479001600.0) + N{};  // 1/12!
+    p = p * r + T(1.0 / 39916800.0);
+    p = p * r + T(1.0 / 3628800.0);
+    p = p * r + T(1.0 / 362880.0);
+    p = p * r + T(1.0 / 40320.0);
+    p = p * r + T(1.0 / 5040.0);
+    p = p * r + T(1.0 / 720.0);
+    p = p * r + T(1.0 / 120.0);
+    p = p * r + T(1.0 / 24.0);
+    p = p * r + T(1.0 / 6.0);
+    p = p * r + T(0.5);
+    p = p * r * r + r + T(1);
+    const NI bits = (__builtin_convertvector(nf, NI) + 1023) << 52;
+    N scale;
+    std::memcpy(&scale, &bits, sizeof(N));
+    return p * scale;
+  }
+}
+
+// P lanes as C register-wide vectors N: the arithmetic of a GCC vector, chunk by chunk.
+template <typename T, typename N, int C>
+struct Lanes {
+  N c[C];
+  friend Lanes operator+(Lanes a, const Lanes& b) { for (int i = 0; i < C; ++i) a.c[i] += b.c[i]; return a; }
+  friend Lanes operator-(Lanes a, const Lanes& b) { for (int i = 0; i < C; ++i) a.c[i] -= b.c[i]; return a; }
+  friend Lanes operator*(Lanes a, const Lanes& b) { for (int i = 0; i < C; ++i) a.c[i] *= b.c[i]; return a; }
+  friend Lanes operator*(T s, Lanes a) { for (int i = 0; i < C; ++i) a.c[i] *= s; return a; }
+  friend Lanes operator*(Lanes a, T s) { for (int i = 0; i < C; ++i) a.c[i] *= s; return a; }
+  friend Lanes operator/(T s, Lanes a) { for (int i = 0; i < C; ++i) a.c[i] = s / a.c[i]; return a; }
+  Lanes& operator+=(const Lanes& b) { for (int i = 0; i < C; ++i) c[i] += b.c[i]; return *this; }
+};
+
+// Vec<T, P>::type: one vote of P lanes; a GCC vector when it fits one register, else Lanes.
+template <typename T, int P, bool Fits = (P * (int)sizeof(T) <= kSimdBytes)>
+struct Vec {
+  typedef T type __attribute__((vector_size(sizeof(T) * P)));
+  static inline type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(type));
     return v;
   }
-  static inline void st(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-  static inline T hsum(V v) {  // pairwise: log2(P) dependent adds instead of P
+  static inline void store(T* p, type v) { std::memcpy(p, &v, sizeof(type)); }
+  static inline type max(type a, type b) { return a > b ? a : b; }
+  static inline type exp(type x) { return exp_lanes<T, type>(x); }
+  static inline T sum(type v) {  // pairwise: log2(P) dependent adds instead of P
     T a[P];
-    std::memcpy(a, &v, sizeof(V));
+    std::memcpy(a, &v, sizeof(type));
     for (int w = P / 2; w >= 1; w /= 2)
       for (int i = 0; i < w; ++i) a[i] += a[i + w];
     return a[0];
   }
+};
+template <typename T, int P>
+struct Vec<T, P, false> {
+  static constexpr int L = kSimdBytes / sizeof(T), C = P / L;
+  typedef typename Vec<T, L>::type N;
+  typedef Lanes<T, N, C> type;
+  // chunk by chunk: one memcpy of the whole value compiles to narrow moves that stall the wide loads
+  static inline type load(const T* p) {
+    type v;
+    for (int i = 0; i < C; ++i) v.c[i] = Vec<T, L>::load(p + i * L);
+    return v;
+  }
+  static inline void store(T* p, const type& v) { for (int i = 0; i < C; ++i) Vec<T, L>::store(p + i * L, v.c[i]); }
+  static inline type max(type a, const type& b) { for (int i = 0; i < C; ++i) a.c[i] = Vec<T, L>::max(a.c[i], b.c[i]); return a; }
+  static inline type exp(type x) { for (int i = 0; i < C; ++i) x.c[i] = Vec<T, L>::exp(x.c[i]); return x; }
+  static inline T sum(const type& v) {
+    N a = v.c[0];
+    for (int i = 1; i < C; ++i) a += v.c[i];
+    return Vec<T, L>::sum(a);
+  }
+};
+
+template <typename T, int P>
+struct Router {
+  typedef typename Vec<T, P>::type V;  // one vote: P dims as SIMD values
+
+  static inline V ld(const T* p) { return Vec<T, P>::load(p); }
+  static inline void st(T* p, const V& v) { Vec<T, P>::store(p, v); }
+  static inline T hsum(const V& v) { return Vec<T, P>::sum(v); }
 
   int64_t K, J;
   int din, iters;
@@ -145,33 +250,6 @@ struct Router {
     return (a0 + a1) + (a2 + a3);
   }
 
-  // exp of every lane (the lanes of one SIMD value of logits): fast_exp's float algorithm on the
-  // whole vector, or std::exp per lane for double.
-  static inline V vexp(V x) {
-    if constexpr (sizeof(T) == 4) {
-      typedef int32_t VI __attribute__((vector_size(sizeof(int32_t) * P)));
-      x = x < T(-87) ? T(-87) : x;
-      x = x > T(88) ? T(88) : x;
-      const V nf = (x * T(1.44269504088896341) + T(12582912.0)) - T(12582912.0);
-      V r = x - nf * T(0.693359375);
-      r = r + nf * T(2.12194440e-4);
-      V p = T(1.9875691500e-4) + V{};
-      p = p * r + T(1.3981999507e-3);
-      p = p * r + T(8.3334519073e-3);
-      p = p * r + T(4.1665795894e-2);
-      p = p * r + T(1.6666665459e-1);
-      p = p * r + T(5.0000001201e-1);
-      p = p * r * r + r + T(1);
-      const VI bits = (__builtin_convertvector(nf, VI) + 127) << 23;
-      V scale;
-      std::memcpy(&scale, &bits, sizeof(V));
-      return p * scale;
-    } else {
-      for (int d = 0; d < P; ++d) x[d] = std::exp(x[d]);
-      return x;
-    }
-  }
-
   // c (J, K) = softmax over j of b (J, K): P children at a time as one SIMD value, then the tail.
   void softmax(const T* __restrict b, T* __restrict c, T* __restrict, T* __restrict) const {
     int64_t k = 0;
@@ -179,11 +257,11 @@ struct Router {
       V mx = ld(b + k);
       for (int64_t j = 1; j < J; ++j) {
         const V x = ld(b + j * K + k);
-        mx = x > mx ? x : mx;
+        mx = Vec<T, P>::max(x, mx);
       }
       V sm = {};
       for (int64_t j = 0; j < J; ++j) {
-        const V e = vexp(ld(b + j * K + k) - mx);
+        const V e = Vec<T, P>::exp(ld(b + j * K + k) - mx);
         st(c + j * K + k, e);
         sm += e;
       }
