@@ -2,8 +2,8 @@
 
 This is the comparison point of ``benchmarks/bench_routing.py``; it is not used by capslib.
 
-Same parameters and the same function as :class:`capslib.capsules.ConvCaps` and
-:class:`capslib.capsules.ClassCaps` (same weight shapes, child index
+Same parameters and the same function as :class:`capslib.engine.capsules.ConvCaps` and
+:class:`capslib.engine.capsules.ClassCaps` (same weight shapes, child index
 ``kernel_pos·Cin + type``, coupling coefficients softmaxed over the output
 types, squash with the same ``eps``), but computed the typical way:
 
@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
-from capslib.config import ModelConfig  # noqa: E402
-from capslib.model import CapsNet  # noqa: E402
+from capslib.engine.config import ModelConfig  # noqa: E402
+from capslib.engine.model import CapsNet  # noqa: E402
 
 __all__ = ["squash", "BaselineConvCaps", "BaselineClassCaps", "baseline_capsnet", "check"]
 
-EPS = 1e-8  # capslib.routing.SQUASH_EPS, so squash(0) = 0 in both
+EPS = 1e-8  # capslib.engine.routing.SQUASH_EPS, so squash(0) = 0 in both
 
 
 def squash(s: Tensor, dim: int = -1) -> Tensor:
@@ -144,7 +144,7 @@ def check(atol: float = 1e-4, device: str = "cpu", verbose: bool = True) -> floa
     biases right before BatchNorm, whose gradient is zero up to rounding).
     Returns the largest relative difference.
     """
-    from capslib.losses import margin_loss
+    from capslib.engine.losses import margin_loss
 
     worst = 0.0
     for std in (0.1, 0.5):

@@ -3,7 +3,7 @@
     python benchmarks/bench_chip.py [--C 160 --H 16 --N 640 --device cpu|cuda --json out.json]
 
 Side by side in one process, on the same seeded ReLU'd random maps (N, C, H, H):
-  fast  capslib.chip.channel_independence (float64, one Gram eigh per image), timed
+  fast  capslib.pruning.chip.channel_independence (float64, one Gram eigh per image), timed
         from the float32 maps, i.e. including the float64 conversion;
   loop  nuclear_norm_loop_ci: float32 ||F||_* - ||F_c||_* with one nuclear norm
         (SVD) per (image, channel), as CHIP's code does it. If the full loop would
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
-from capslib.chip import channel_independence  # noqa: E402
+from capslib.pruning.chip import channel_independence  # noqa: E402
 
 
 def nuclear_norm_loop_ci(F: torch.Tensor) -> torch.Tensor:

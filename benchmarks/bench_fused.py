@@ -12,7 +12,7 @@ Everything below is measured side by side in ONE invocation, each job in a fresh
      before   capslib at ``--baseline-commit`` (extracted with ``git archive`` into a temporary
               folder and imported from there: the code exactly as it was, recompute_votes on, its
               default);
-     fused    this tree (the fused kernel, capslib.fused_routing).
+     fused    this tree (the fused kernel, capslib.engine.fused_routing).
    at every ``--threads`` count, and the speed-up before/fused.
 2. **The PyTorch path's recompute default** (this tree with the kernel off, as on a GPU or where the
    kernel cannot be built): CapsNet[20, 8, 7] with recompute_votes on and off at batch 32 and 64, one
@@ -73,9 +73,9 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     import capslib
-    from capslib.config import ModelConfig
-    from capslib.losses import margin_loss
-    from capslib.model import CapsNet
+    from capslib.engine.config import ModelConfig
+    from capslib.engine.losses import margin_loss
+    from capslib.engine.model import CapsNet
 
     torch.manual_seed(0)
     out = {"capslib_file": capslib.__file__, "threads": args.threads}
@@ -84,7 +84,7 @@ def worker(args: argparse.Namespace) -> dict:
     cfg = ModelConfig(C=20, D=8, I=args.I, init_std=0.5, recompute_votes=args.recompute)
     model = CapsNet(cfg)
     if args.path == "pytorch":
-        from capslib.capsules import use_fused_routing
+        from capslib.engine.capsules import use_fused_routing
 
         use_fused_routing(model, False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -111,7 +111,7 @@ def worker(args: argparse.Namespace) -> dict:
 def layer_job(args: argparse.Namespace) -> dict:
     """One ConvCaps(20->20, D 8) layer forward+backward; memory bandwidth and matmul rate alongside."""
     import torch
-    from capslib.capsules import ConvCaps
+    from capslib.engine.capsules import ConvCaps
 
     C, D, G, B = 20, 8, 6, args.batch
     layer = ConvCaps(C, D, C, D, init_std=0.5)
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from capslib import fused_routing
-    from capslib.provenance import capslib_version, device_info, git_state
+    from capslib.engine import fused_routing
+    from capslib.engine.provenance import capslib_version, device_info, git_state
 
     print(f"capslib {capslib_version()} @ {git_state()[0][:10]} | {device_info()['device_name']} | "
           f"{os.cpu_count()} CPUs | routing: {fused_routing.status()}")

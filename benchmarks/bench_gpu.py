@@ -7,7 +7,7 @@
 For every distinct model of the paper's grids (profile ``paper``: CIFAR-10 32×32, batch 128, Adam,
 margin loss) it times a training step (zero_grad, forward, loss, backward, Adam step; CUDA
 synchronised) after warm-up steps, in float32 and under bf16 autocast (routing stays float32 inside;
-see capslib.routing), and prints images/s and peak memory. On CUDA the capsule layers take the PyTorch
+see capslib.engine.routing), and prints images/s and peak memory. On CUDA the capsule layers take the PyTorch
 routing path (votes materialised, recomputed in backward); the fused kernel is CPU-only.
 
 The projection: a "train" point costs epochs × 45,000 training images / throughput, plus one
@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from capslib.config import ModelConfig, RunConfig  # noqa: E402
-from capslib.experiments import get_experiment  # noqa: E402
-from capslib.losses import margin_loss  # noqa: E402
-from capslib.model import CapsNet  # noqa: E402
-from capslib.provenance import capslib_version, device_info, resolve_device  # noqa: E402
-from capslib.sweeps import plan  # noqa: E402
+from capslib.engine.config import ModelConfig, RunConfig  # noqa: E402
+from capslib.experiments.grids import get_experiment  # noqa: E402
+from capslib.engine.losses import margin_loss  # noqa: E402
+from capslib.engine.model import CapsNet  # noqa: E402
+from capslib.engine.provenance import capslib_version, device_info, resolve_device  # noqa: E402
+from capslib.experiments.sweeps import plan  # noqa: E402
 
 TRAIN_IMAGES = 45_000  # CIFAR-10's 50,000 training images less the 5,000 held out for validation
 EVAL_COST = 1 / 3  # a forward pass (validation 5,000 images each epoch, test 10,000 once), per image,

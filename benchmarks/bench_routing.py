@@ -4,7 +4,7 @@
                                        [--steps 3] [--threads N] [--json out.json]
 
 For each depth I and implementation:
-  capslib   capslib.model.CapsNet (votes by one bmm, routing by batched mat-vec
+  capslib   capslib.engine.model.CapsNet (votes by one bmm, routing by batched mat-vec
             products with a hand-written backward that writes grad u_hat once, ConvCaps
             votes routed in the bmm's own layout, votes recomputed in backward:
             ModelConfig.recompute_votes=True);
@@ -70,12 +70,12 @@ from torch import Tensor
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout
 sys.path.insert(0, str(HERE))
-from capslib.provenance import device_info
-from capslib.capsules import ClassCaps, ConvCaps, capsule_votes, unfold_capsules  # noqa: E402
-from capslib.config import ModelConfig  # noqa: E402
-from capslib.losses import margin_loss  # noqa: E402
-from capslib.model import CapsNet  # noqa: E402
-from capslib.routing import dynamic_routing  # noqa: E402
+from capslib.engine.provenance import device_info
+from capslib.engine.capsules import ClassCaps, ConvCaps, capsule_votes, unfold_capsules  # noqa: E402
+from capslib.engine.config import ModelConfig  # noqa: E402
+from capslib.engine.losses import margin_loss  # noqa: E402
+from capslib.engine.model import CapsNet  # noqa: E402
+from capslib.engine.routing import dynamic_routing  # noqa: E402
 from baseline_routing import baseline_capsnet  # noqa: E402
 
 MiB = 2 ** 20

@@ -26,7 +26,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = "capslib/csrc/fused_routing.cpp"
+SOURCE = "capslib/engine/csrc/fused_routing.cpp"
+BASELINE_SOURCE = "capslib/csrc/fused_routing.cpp"  # where it was until the package reorganisation
 
 
 def _worker(source: str, job: str, dtype: str, dout: int, batch: int) -> dict:
@@ -34,7 +35,7 @@ def _worker(source: str, job: str, dtype: str, dout: int, batch: int) -> dict:
 
     import torch
 
-    from capslib import fused_routing
+    from capslib.engine import fused_routing
     fused_routing._SOURCE = Path(source)  # the kernel under test (same ABI), built into CAPSLIB_KERNELS
     torch.set_num_threads(1)
     dt = getattr(torch, dtype)
@@ -53,9 +54,9 @@ def _worker(source: str, job: str, dtype: str, dout: int, batch: int) -> dict:
                 fwd.append(t1 - t)
                 bwd.append(t2 - t1)
         return {"fwd_ms": 1e3 * statistics.median(fwd), "bwd_ms": 1e3 * statistics.median(bwd)}
-    from capslib.config import ModelConfig
-    from capslib.losses import margin_loss
-    from capslib.model import CapsNet
+    from capslib.engine.config import ModelConfig
+    from capslib.engine.losses import margin_loss
+    from capslib.engine.model import CapsNet
     model = CapsNet(ModelConfig(C=20, D=8, I=7, init_std=0.5)).to(dt).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x = torch.randn(batch, 1, 28, 28, generator=g).to(dt)
@@ -92,7 +93,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         before = tmp / "before.cpp"
-        before.write_bytes(subprocess.run(["git", "show", f"{a.baseline_commit}:{SOURCE}"], cwd=ROOT,
+        before.write_bytes(subprocess.run(["git", "show", f"{a.baseline_commit}:{BASELINE_SOURCE}"], cwd=ROOT,
                                           capture_output=True, check=True).stdout)
         sources = {"before": before, "after": ROOT / SOURCE}
         rows = []

@@ -3,7 +3,6 @@
 A companion library to Sahu & Altahhan (2024), *Mitigating Vanishing
 Activations in Deep CapsNets Using Channel Pruning*.
 """
-__version__ = "0.1.0"
-
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, profile  # noqa: E402,F401
-from .model import CapsNet, CapsNetOutput  # noqa: E402,F401
+from .engine.provenance import __version__  # noqa: F401
+from .engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig, profile  # noqa: F401
+from .engine.model import CapsNet, CapsNetOutput  # noqa: F401

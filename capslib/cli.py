@@ -8,12 +8,12 @@ Every config field is an option (``capslib train --help`` lists them); a
 from __future__ import annotations
 
 import argparse
-import importlib
 import dataclasses
+import importlib
 import sys
 from typing import Any, Callable, Optional
 
-from .config import PROFILES, ROUTINGS, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, profile
+from .engine.config import PROFILES, ROUTINGS, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, profile
 
 __all__ = ["main", "add_config_options", "config_from_args"]
 
@@ -138,8 +138,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .atomic import check_writable
-    from .train import fit
+    from .engine.atomic import check_writable
+    from .engine.train import fit
 
     cfg = config_from_args(args)
     out = args.out or f"runs/train-{cfg.config_hash()}.json"
@@ -203,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _experiment_names() -> str:
-    from .experiments import EXPERIMENTS
+    from .experiments.grids import EXPERIMENTS
 
     return ", ".join(EXPERIMENTS)
 
 
 def _describe_sweep_commands(sub) -> None:
-    """``capslib sweep`` / ``report``: name every experiment (from :data:`capslib.experiments.EXPERIMENTS`,
+    """``capslib sweep`` / ``report``: name every experiment (from :data:`capslib.experiments.grids.EXPERIMENTS`,
     so a new one is listed too) and print ``sweep list`` in aligned columns."""
     choices = getattr(sub, "choices", {}) or {}
     names = _experiment_names()
@@ -233,7 +233,7 @@ def _describe_sweep_commands(sub) -> None:
 
 def _sweep_list() -> int:
     """``capslib sweep list``: every experiment, its number of runs per profile and its title, aligned."""
-    from .experiments import EXPERIMENTS
+    from .experiments.grids import EXPERIMENTS
 
     header = ("experiment", "runs (smoke)", "runs (paper)", "title")
     rows = [(name, str(len(exp.grid("smoke"))), str(len(exp.grid("paper"))), exp.title)
@@ -245,7 +245,7 @@ def _sweep_list() -> int:
 
 
 #: Modules that add subcommands: each has ``register_cli(subparsers)``.
-_COMMAND_MODULES = ["capslib.pipeline", "capslib.sweeps", "capslib.batch", "capslib.book"]
+_COMMAND_MODULES = ["capslib.cli_prune", "capslib.experiments.sweeps", "capslib.book.batch", "capslib.book.build"]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

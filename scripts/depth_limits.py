@@ -1,10 +1,10 @@
 """Depth limits at initialisation for every configuration of the paper's Tables 2, 3, 5 and Figs. 3, 6.
 
 For each (preset, C, D, PR, dtype, seed, batch) the script finds, with
-:func:`capslib.init_study.depth_limit`, the first number of IntermediateCaps I at which the class
+:func:`capslib.experiments.init_study.depth_limit`, the first number of IntermediateCaps I at which the class
 capsule lengths of a batch of 32 real Fashion-MNIST test images are exactly zero at initialisation
 (BatchNorm in training mode), beside the limit the length recurrence predicts
-(:func:`capslib.init_study.predicted_limit`) and the paper's maximum depth. For seed 0 / batch 0 it also
+(:func:`capslib.experiments.init_study.predicted_limit`) and the paper's maximum depth. For seed 0 / batch 0 it also
 runs one backward at the limit and one just below it (the max |gradient| on the PrimaryCaps conv and
 the first ConvCaps).
 
@@ -18,7 +18,7 @@ available on these machines: every row is Fashion-MNIST 28×28 (a 6×6 capsule g
 Pruned configs (Table 3, Fig. 6): C' and the backbone widths after a prune at ratio PR, by the preset's
 prune-count rule (default: the paper's round-up, C = 20, D = 8 -> C' = 17 / 15 / 12 at PR 0.125 / 0.25 /
 0.375; authors: their round-down, C' = 18 / 15 / 13), every layer freshly initialised
-(:func:`capslib.init_study.pruned_model_config`). The paper's pruned models keep the trained backbone and
+(:func:`capslib.experiments.init_study.pruned_model_config`). The paper's pruned models keep the trained backbone and
 PrimaryCaps; an initialisation screen cannot see that.
 """
 from __future__ import annotations
@@ -36,10 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from capslib.config import PRESETS, ModelConfig  # noqa: E402
-from capslib.init_study import (depth_limit, eval_batches, gradient_at, predicted_limit,  # noqa: E402
-                                primary_m2_maps, pruned_model_config)
-from capslib.provenance import provenance  # noqa: E402
+from capslib.engine.config import PRESETS, ModelConfig  # noqa: E402
+from capslib.experiments.init_study import (depth_limit, eval_batches, gradient_at, predicted_limit,  # noqa: E402
+                                            primary_m2_maps, pruned_model_config)
+from capslib.engine.provenance import provenance  # noqa: E402
 
 OUT = ROOT / "results" / "depth_limits" / "fmnist.csv"
 

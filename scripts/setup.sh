@@ -23,10 +23,10 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# The fused CPU routing kernel (capslib/csrc): compiled once per machine with the system's C++
+# The fused CPU routing kernel (capslib/engine/csrc): compiled once per machine with the system's C++
 # compiler into ~/.cache/capslib/kernels (a no-op when built). Where it cannot be built, this prints a
 # notice and capslib runs its slower PyTorch routing path.
-"$VENV/bin/python" -c "from capslib import fused_routing; fused_routing.main()"
+"$VENV/bin/python" -c "from capslib.engine import fused_routing; fused_routing.main()"
 
 # Datasets: copy the shared real MNIST / Fashion-MNIST (torchvision layout) into the data folder.
 if [ -d ../shared/datasets ] && [ ! -d "$DATA/FashionMNIST/raw" ]; then

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from capslib.data import data_root
+from capslib.engine.data import data_root
 
 ROOT = Path(__file__).resolve().parent.parent
 

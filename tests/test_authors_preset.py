@@ -18,12 +18,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from capslib.capsules import ConvCaps, unfold_capsules
-from capslib.chip import authors_channel_independence, ci_scores
-from capslib.config import (PRESETS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_preset,
-                            authors_preset, preset_of, profile)
-from capslib.model import CapsNet
-from capslib.pruning import make_plan, prune_count, rebuild
+from capslib.engine.capsules import ConvCaps, unfold_capsules
+from capslib.pruning.chip import authors_channel_independence, ci_scores
+from capslib.engine.config import (PRESETS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_preset,
+                                   authors_preset, preset_of, profile)
+from capslib.engine.model import CapsNet
+from capslib.pruning.prune import make_plan, prune_count, rebuild
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,7 +173,7 @@ def _stored_rows():
 
 def _config_of_row(r: dict) -> RunConfig:
     """The RunConfig a stored row records (results.parse_row types the values; empty = None or default)."""
-    from capslib.results import parse_row
+    from capslib.experiments.results import parse_row
 
     r = parse_row(r)
     parts = {}

@@ -34,7 +34,7 @@ def test_gpu_benchmark_plumbing_on_cpu(tmp_path, capsys):
 
 def test_prune_points_cost_three_trainings_with_the_pruned_width():
     bench = load("bench_gpu")
-    from capslib.sweeps import plan
+    from capslib.experiments.sweeps import plan
 
     prune = [(p, c) for p, c in plan("table3", "paper") if p.kind == "prune"]
     stages = bench.point_models(*prune[0])

@@ -1,4 +1,4 @@
-"""The book build (capslib.book) and the static sliders (capslib.widgets).
+"""The book build (capslib.book) and the static sliders (capslib.book.widgets).
 
 Most tests build the tiny fixture book in ``tests/fixtures/book`` (one chapter
 with math, a figure and a ``slider_panels`` widget) in a temporary copy,
@@ -15,8 +15,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from capslib import book
-from capslib.book import BookBuildError, build_book, chapters_from_toc, strip_notebook
+from capslib.book import build as book
+from capslib.book import site
+from capslib.book.build import build_book, chapters_from_toc, strip_notebook
+from capslib.book.site import BookBuildError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "book"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -112,7 +114,7 @@ def test_page_has_slider_state(built):
     view_ids = re.findall(r'widget-view\+json">\s*(\{.*?\})', text)
     assert len([v for v in view_ids if json.loads(v)["model_id"] in state]) == 2
     assert "capslib/widgets-glue.js" in text
-    assert (html / "_static" / book.WIDGETS_GLUE).is_file()
+    assert (html / "_static" / site.WIDGETS_GLUE).is_file()
 
 
 def test_launch_buttons_open_source_notebook(built):
@@ -205,7 +207,7 @@ def test_sphinx_warning_fails_the_build(tmp_path):
 def test_offline_site_loads_no_remote_script(tmp_path):
     """--offline serves MathJax, require.js and the widget manager from the site."""
     html = build_book(root=fixture_copy(tmp_path), offline=True)
-    assert book.remote_scripts(html) == []
+    assert site.remote_scripts(html) == []
     text = page(html, "book/demo.html")
     for asset in ("offline/mathjax/tex-chtml.js", "offline/require.js",
                   "offline/html-manager/embed-amd.js"):
@@ -216,7 +218,7 @@ def test_offline_site_loads_no_remote_script(tmp_path):
 
 def test_remote_scripts_finds_cdn_links(built):
     _, html = built
-    urls = [url for _, url in book.remote_scripts(html)]
+    urls = [url for _, url in site.remote_scripts(html)]
     assert any("html-manager@1.0.15/dist/embed-amd.js" in u for u in urls)
 
 
@@ -228,9 +230,9 @@ def test_real_toc_lists_the_paper_chapters():
 def test_config_pins_the_offline_versions():
     """The CDN URLs of the online site match the versions fetched for --offline."""
     text = (book.REPO_ROOT / "_config.yml").read_text(encoding="utf8")
-    assert f"html-manager@{book.HTML_MANAGER_VERSION}/dist/embed-amd.js" in text
-    assert f"mathjax@{book.MATHJAX_VERSION}/es5/{book.MATHJAX_BUNDLE}" in text
-    assert f"requirejs@{book.REQUIREJS_VERSION}/require.js" in text
+    assert f"html-manager@{site.HTML_MANAGER_VERSION}/dist/embed-amd.js" in text
+    assert f"mathjax@{site.MATHJAX_VERSION}/es5/{site.MATHJAX_BUNDLE}" in text
+    assert f"requirejs@{site.REQUIREJS_VERSION}/require.js" in text
 
 
 def test_strip_notebook_drops_run_metadata():
@@ -274,7 +276,7 @@ def _links(box):
 def test_slider_panels_links_slider_index_to_stack():
     import ipywidgets as widgets
 
-    from capslib.widgets import figure_png, slider_panels
+    from capslib.book.widgets import figure_png, slider_panels
 
     panels = {0.0: _figure(0.0), 0.125: figure_png(_figure(1.0)), "all": _figure(2.0)}
     box = slider_panels(panels, description="PR")
@@ -290,7 +292,7 @@ def test_slider_panels_links_slider_index_to_stack():
 
 
 def test_slider_grid_nests_stacks():
-    from capslib.widgets import figure_png, slider_grid
+    from capslib.book.widgets import figure_png, slider_grid
 
     png = {key: figure_png(_figure(i)) for i, key in enumerate(
         [(a, b) for a in ("8/4", "16/8") for b in (0.0, 0.25, 0.5)])}
@@ -306,7 +308,7 @@ def test_slider_grid_nests_stacks():
 
 
 def test_slider_grid_rejects_missing_pairs():
-    from capslib.widgets import figure_png, slider_grid
+    from capslib.book.widgets import figure_png, slider_grid
 
     png = figure_png(_figure(0))
     with pytest.raises(ValueError, match=r"missing \[\('b', 2\)\]"):
@@ -314,7 +316,7 @@ def test_slider_grid_rejects_missing_pairs():
 
 
 def test_panels_must_be_figures_or_png():
-    from capslib.widgets import slider_panels
+    from capslib.book.widgets import slider_panels
 
     with pytest.raises(ValueError, match="not a PNG"):
         slider_panels({1: b"GIF89a..."})
@@ -366,7 +368,7 @@ def test_sweep_help_and_list_name_every_experiment():
     import io
 
     from capslib.cli import build_parser, main
-    from capslib.experiments import EXPERIMENTS
+    from capslib.experiments.grids import EXPERIMENTS
 
     sweep = build_parser()._subparsers._group_actions[0].choices["sweep"]
     assert all(name in sweep.format_help().replace("\n", " ").replace("  ", " ") for name in EXPERIMENTS)

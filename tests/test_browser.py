@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from capslib.book import REPO_ROOT, _toc_files, build_book, chapters_from_toc
+from capslib.book.build import REPO_ROOT, _toc_files, build_book, chapters_from_toc
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(
 
 #: Panel background colours of the fixture notebook (tests/fixtures/book).
 #: A common laptop window: the book's text column is then 854 px, which the figures are sized for
-#: (capslib.plots.PAGE_WIDTH_IN at BOOK_DPI), so they are shown at their natural size.
+#: (capslib.book.plots.PAGE_WIDTH_IN at BOOK_DPI), so they are shown at their natural size.
 WINDOW = (1440, 1000)
 
 PANELS_RGB = [(0xF4, 0xCC, 0xCC), (0xCF, 0xE2, 0xF3), (0xD9, 0xEA, 0xD3)]  # PR 0, 0.25, 0.5

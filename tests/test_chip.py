@@ -1,4 +1,4 @@
-"""Exact CHIP channel independence (capslib.chip) against a slow SVD reference.
+"""Exact CHIP channel independence (capslib.pruning.chip) against a slow SVD reference.
 
 Reference: one float64 SVD per (image, channel), CI = ||F||_* - ||F_c||_*.
 Accuracy criterion (``assert_ci_close``): elementwise
@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from capslib.chip import channel_independence, ci_scores
+from capslib.pruning.chip import channel_independence, ci_scores
 
 RTOL = 1e-6
 ATOL = 1e-9  # relative to max_c |CI_ref| of the image
@@ -250,9 +250,9 @@ def test_ci_scores_rejects_bad_input():
 
 def test_fast_ci_on_real_feature_maps_of_a_trained_model(real_data_root):
     """The fast CI agrees with the per-channel SVD reference on maps of a CapsNet trained on Fashion-MNIST."""
-    from capslib.config import profile
-    from capslib.data import load_splits
-    from capslib.train import fit
+    from capslib.engine.config import profile
+    from capslib.engine.data import load_splits
+    from capslib.engine.train import fit
 
     cfg = profile("smoke", C=4, D=4, I=0, train_size=512, val_size=128, test_size=128)
     data = load_splits(cfg.data)

@@ -1,4 +1,4 @@
-"""The collapse chapter's and the verdict page's analysis (capslib.collapse_book).
+"""The collapse chapter's and the verdict page's analysis (capslib.book.collapse_runs).
 
 Every store here is a small CSV written by the test into a temporary results folder: the summariser's
 numbers (mean ± std over seeds, number of seeds, "runs in progress"), the final-stage choice of prune
@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from capslib import collapse_book as cb
-from capslib.notebook import ParameterError, check_parameters
+from capslib.book import collapse_runs, params
+from capslib.book.chapters import collapse as collapse_ch
+from capslib.book.chapters import verdicts as verdicts_ch
+from capslib.book.params import ParameterError, check_parameters
 
 
 def _row(C, D, I, seed, acc, pr=0.0, stage="train", kind="train", collapsed=False, std=0.5, I_after=None):
@@ -35,15 +37,15 @@ def _write(root, rows, name="collapse", profile="fmnist"):
     return path
 
 
-POINTS = [cb.CollapsePoint("C20 D8 I6", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
-          cb.CollapsePoint("C20 D8 I7", 20, 8, 7, 0.0, 0.5, "collapse", "test")]
+POINTS = [collapse_runs.CollapsePoint("C20 D8 I6", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+          collapse_runs.CollapsePoint("C20 D8 I7", 20, 8, 7, 0.0, 0.5, "collapse", "test")]
 
 
 def test_summary_mean_std_seeds_and_in_progress(tmp_path):
     rows = [_row(20, 8, 6, s, a) for s, a in zip(range(3), (0.80, 0.82, 0.84))]
     rows.append(_row(20, 8, 6, 2, 0.84))  # a repeated seed counts once
     _write(tmp_path, rows)
-    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), POINTS).set_index("point")
+    s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), POINTS).set_index("point")
     i6 = s.loc["C20 D8 I6"]
     assert i6["seeds"] == 3 and i6["seed list"] == "0–2"
     assert i6["test acc (%)"] == pytest.approx(82.0)
@@ -59,19 +61,19 @@ def test_summary_keeps_the_final_stage_of_a_prune_point_and_lists_other_points(t
         rows.append(_row(20, 8, 0, 0, acc, pr=0.25, stage=stage, kind="prune", I_after=7))
     rows.append(_row(12, 4, 3, 0, 0.6))  # a point no claim uses
     _write(tmp_path, rows)
-    final = cb.load_collapse("fmnist", tmp_path)
+    final = collapse_runs.load_collapse("fmnist", tmp_path)
     assert list(final["stage"]) == ["retrain", "train"]
-    pts = POINTS + [cb.CollapsePoint("C20 D8 I7 PR0.25", 20, 8, 7, 0.25, 0.5, "rescue", "test")]
-    s = cb.run_summary(final, pts).set_index("point")
+    pts = POINTS + [collapse_runs.CollapsePoint("C20 D8 I7 PR0.25", 20, 8, 7, 0.25, 0.5, "rescue", "test")]
+    s = collapse_runs.run_summary(final, pts).set_index("point")
     assert s.loc["C20 D8 I7 PR0.25", "test acc (%)"] == pytest.approx(77.0)
     assert s.loc["C20 D8 I7 PR0.25", "seeds"] == 1 and "(< 3)" in s.loc["C20 D8 I7 PR0.25", "status"]
     assert "C12 D4 I3 std0.5" in s.index and s.loc["C12 D4 I3 std0.5", "claim"] == "other"
 
 
 def test_missing_store_is_all_in_progress(tmp_path):
-    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), POINTS)
+    s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), POINTS)
     assert (s["status"] == "runs in progress").all()
-    assert "no rows" in cb.runs_footer(pd.DataFrame(), "fmnist")
+    assert "no rows" in collapse_runs.runs_footer(pd.DataFrame(), "fmnist")
 
 
 @pytest.mark.parametrize("kw,expected", [
@@ -85,7 +87,7 @@ def test_missing_store_is_all_in_progress(tmp_path):
     (dict(supported=True, n_seeds=3, control_seen=True, scale="full", explained_by="C'"), "explained by C'"),
 ])
 def test_grade(kw, expected):
-    assert cb.grade(**kw) == expected
+    assert verdicts_ch.grade(**kw) == expected
 
 
 def _collapse_rows(n_seeds, i6_acc=0.8, i7_acc=0.1):
@@ -95,24 +97,24 @@ def _collapse_rows(n_seeds, i6_acc=0.8, i7_acc=0.1):
 
 
 def test_verdict_needs_three_seeds_and_the_control(tmp_path):
-    pts = cb._fallback_points()
+    pts = collapse_runs._fallback_points()
     _write(tmp_path, _collapse_rows(2))
-    v = cb.verdicts("fmnist", tmp_path, summary=cb.run_summary(cb.load_collapse("fmnist", tmp_path), pts),
-                    limits=cb.depth_limit_table(pd.DataFrame()))
+    v = verdicts_ch.verdicts("fmnist", tmp_path, summary=collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), pts),
+                    limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     assert v[0].verdict == "inconclusive" and v[0].seeds == 2
     _write(tmp_path, _collapse_rows(3))
-    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), pts)
-    v = cb.verdicts("fmnist", tmp_path, summary=s, limits=cb.depth_limit_table(pd.DataFrame()))
+    s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), pts)
+    v = verdicts_ch.verdicts("fmnist", tmp_path, summary=s, limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     assert v[0].verdict == "reproduced" and v[0].seeds == 3
     # without the I = 6 control the same I = 7 collapse is not enough
     no_ctrl = s.copy()
     no_ctrl.loc[no_ctrl["point"] == "C20 D8 I6", "seeds"] = 0
-    v = cb.verdicts("fmnist", tmp_path, summary=no_ctrl, limits=cb.depth_limit_table(pd.DataFrame()))
+    v = verdicts_ch.verdicts("fmnist", tmp_path, summary=no_ctrl, limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     assert v[0].verdict == "inconclusive"
     # I = 7 training in every seed: not reproduced
     _write(tmp_path, _collapse_rows(3, i7_acc=0.8))
-    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), pts)
-    assert cb.verdicts("fmnist", tmp_path, summary=s, limits=cb.depth_limit_table(pd.DataFrame()))[0].verdict \
+    s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), pts)
+    assert verdicts_ch.verdicts("fmnist", tmp_path, summary=s, limits=collapse_ch.depth_limit_table(pd.DataFrame()))[0].verdict \
         == "not reproduced"
 
 
@@ -123,8 +125,8 @@ def test_rescue_explained_by_c_prime_when_the_control_trains_too(tmp_path):
     for c in (18, 15, 13):
         rows += [_row(c, 8, 7, s, 0.8) for s in range(3)]
     _write(tmp_path, rows)
-    s = cb.run_summary(cb.load_collapse("fmnist", tmp_path), cb._fallback_points())
-    v = cb.verdicts("fmnist", tmp_path, summary=s, limits=cb.depth_limit_table(pd.DataFrame()))
+    s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), collapse_runs._fallback_points())
+    v = verdicts_ch.verdicts("fmnist", tmp_path, summary=s, limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     assert v[1].verdict.startswith("explained by fewer capsule types")
 
 
@@ -132,7 +134,7 @@ def test_smoke_only_claims_are_never_reproduced(tmp_path):
     _write(tmp_path, [_row(8, 8, 0, 0, 0.6)], name="table1", profile="smoke")
     seed002 = dict(_row(4, 9, 1, 0, 0.7), routing="em", depth=1, dead_002=json.dumps({"inter1": 0.5}))
     _write(tmp_path, [seed002], name="seed002_depth", profile="smoke")
-    vs = cb.verdicts("fmnist", tmp_path)
+    vs = verdicts_ch.verdicts("fmnist", tmp_path)
     by = {v.source.split(",")[0] + v.claim[:12]: v for v in vs}
     assert len(vs) == 8  # the paper's five, seeds 002 and 004, and the companion's hypothesis H
     for v in vs:
@@ -143,7 +145,7 @@ def test_smoke_only_claims_are_never_reproduced(tmp_path):
     s002 = next(v for v in vs if v.source.startswith("seed 002"))
     assert s002.verdict == "inconclusive (smoke scale)" and "em I=1: 50 %" in s002.evidence
     assert by  # every claim has a distinct key
-    md = cb.verdict_markdown(vs[0], 1)
+    md = verdicts_ch.verdict_markdown(vs[0], 1)
     assert "Verdict: **inconclusive**" in md and "#" not in md.split("\n")[0]
 
 
@@ -161,50 +163,50 @@ def _limits_rows():
 
 
 def test_depth_limit_table_against_the_paper(tmp_path):
-    t = cb.depth_limit_table(_limits_rows()).set_index(["preset", "C", "D"])
+    t = collapse_ch.depth_limit_table(_limits_rows()).set_index(["preset", "C", "D"])
     assert t.loc[("authors", 20, 8), "max trainable I"] == "6" and t.loc[("authors", 20, 8), "agrees"] == "yes"
     assert t.loc[("default", 20, 8), "max trainable I"] == "4" and t.loc[("default", 20, 8), "agrees"] == "no"
     assert t.loc[("authors", 10, 8), "max trainable I"] == ">=32"
     assert t.loc[("authors", 10, 8), "agrees"] == "bound ok"
     assert t.loc[("authors", 20, 8), "seeds"] == 3
-    foot = cb.depth_limit_footer(_limits_rows())
+    foot = collapse_ch.depth_limit_footer(_limits_rows())
     assert "seeds 0–2" in foot and "TestCPU" in foot and "no training" in foot
-    assert cb.paper_max_value(">=10") == (10.0, ">=") and cb.paper_max_value("x") == (None, "")
+    assert collapse_ch.paper_max_value(">=10") == (10.0, ">=") and collapse_ch.paper_max_value("x") == (None, "")
 
 
 def test_figures_are_not_empty():
     layers = ["primary", "inter1", "inter2", "class"]
     t = pd.DataFrame({"layer": layers, "depth": range(4), "measured": [0.5, 0.1, 1e-6, 0.0],
                       "log10_predicted": [-0.3, -1.1, -5.5, -40.0]})
-    fig = cb.length_figure({"a": t, "b": t})
+    fig = collapse_ch.length_figure({"a": t, "b": t})
     assert isinstance(fig, Figure) and len(fig.axes) == 2 and fig.axes[0].lines
-    s = cb.Screen(C=20, D=8, pr=0.0, std=0.5, C_eff=20, I_max=3, layer_mean=[0.5, 0.1, 1e-8, 0.0],
+    s = collapse_ch.Screen(C=20, D=8, pr=0.0, std=0.5, C_eff=20, I_max=3, layer_mean=[0.5, 0.1, 1e-8, 0.0],
                   predicted=[-0.3, -1.0, -8.0, -30.0], limit=3, paper="6")
-    fig = cb.screen_panel(s)
+    fig = collapse_ch.screen_panel(s)
     assert fig.axes[0].lines and "I = 3" in fig.axes[0].get_title().replace("\u00a0", " ")
-    assert cb.screens_table({("20/8", 0.5): s}, {0.0: s}).iloc[0]["max trainable I"] == "2"
-    summary = cb.run_summary(pd.DataFrame([_row(20, 8, 6, 0, 0.8)]), POINTS)
-    fig = cb.runs_figure(summary, title="t")
+    assert collapse_ch.screens_table({("20/8", 0.5): s}, {0.0: s}).iloc[0]["max trainable I"] == "2"
+    summary = collapse_runs.run_summary(pd.DataFrame([_row(20, 8, 6, 0, 0.8)]), POINTS)
+    fig = collapse_runs.runs_figure(summary, title="t")
     ax = fig.axes[0]
     assert ax.patches and any("in progress" in tx.get_text() for tx in ax.texts)
 
 
 def test_chapter_parameters_are_validated():
-    ns = {name: p.default for name, p in cb.chapter_params("collapse").items()}
-    check_parameters(dict(ns), cb.chapter_params("collapse"))
+    ns = {name: p.default for name, p in params.CHAPTER_PARAMS["collapse"].items()}
+    check_parameters(dict(ns), params.CHAPTER_PARAMS["collapse"])
     with pytest.raises(ParameterError, match="PRS"):
-        check_parameters({**ns, "PRS": [1.5]}, cb.chapter_params("collapse"))
+        check_parameters({**ns, "PRS": [1.5]}, params.CHAPTER_PARAMS["collapse"])
     with pytest.raises(ParameterError, match="unknown parameter"):
-        check_parameters({**ns, "STD": 0.5}, cb.chapter_params("collapse"))
+        check_parameters({**ns, "STD": 0.5}, params.CHAPTER_PARAMS["collapse"])
 
 
 
 def test_rows_are_grouped_by_their_point_label_and_the_verdict_finds_the_experiments_points():
     """float64 and control points share (C, D, I, PR, std) with the float32 from-scratch points: each row
     goes to its own labelled point, and the collapse verdict reads the experiment's L-1 / L points."""
-    pts = [cb.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
-           cb.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
-           cb.CollapsePoint("C20 I=7 (L) float64", 20, 8, 7, 0.0, 0.5, "precision", "test")]
+    pts = [collapse_runs.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+           collapse_runs.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
+           collapse_runs.CollapsePoint("C20 I=7 (L) float64", 20, 8, 7, 0.0, 0.5, "precision", "test")]
     rows = []
     for seed in range(3):
         base = {"status": "ok", "stage": "train", "kind": "train", "seed": seed, "model.C": 20, "model.D": 8,
@@ -212,30 +214,30 @@ def test_rows_are_grouped_by_their_point_label_and_the_verdict_finds_the_experim
         rows += [{**base, "label": "C20 I=6 (L-1)", "model.I": 6, "test_acc": 0.70},
                  {**base, "label": "C20 I=7 (L)", "model.I": 7, "test_acc": 0.10},
                  {**base, "label": "C20 I=7 (L) float64", "model.I": 7, "test_acc": 0.60}]
-    s = cb.run_summary(pd.DataFrame(rows), pts).set_index("point")
+    s = collapse_runs.run_summary(pd.DataFrame(rows), pts).set_index("point")
     assert s.loc["C20 I=7 (L)", "test acc (%)"] == pytest.approx(10.0)
     assert s.loc["C20 I=7 (L) float64", "test acc (%)"] == pytest.approx(60.0)
-    below, at = cb._collapse_pair(s.reset_index())
+    below, at = verdicts_ch._collapse_pair(s.reset_index())
     assert below["point"] == "C20 I=6 (L-1)" and at["point"] == "C20 I=7 (L)"
-    assert cb._claim_of("C20 pretrained backbone, unpruned, I=7 (control)", 20, 7, 0.0, "float32", None)[:2] == \
+    assert collapse_runs._claim_of("C20 pretrained backbone, unpruned, I=7 (control)", 20, 7, 0.0, "float32", None)[:2] == \
         ("rescue", "control")
-    assert cb._claim_of("C'=15 from scratch I=7 (same-width control)", 15, 7, 0.0, "float32", None)[1] == "control"
-    assert cb._claim_of("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 7, 0.25, "float32", None)[:2] == ("rescue", "test")
-    assert cb._claim_of("C20 I=8 (L+1) float64", 20, 8, 0.0, "float64", None)[0] == "precision"
+    assert collapse_runs._claim_of("C'=15 from scratch I=7 (same-width control)", 15, 7, 0.0, "float32", None)[1] == "control"
+    assert collapse_runs._claim_of("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 7, 0.25, "float32", None)[:2] == ("rescue", "test")
+    assert collapse_runs._claim_of("C20 I=8 (L+1) float64", 20, 8, 0.0, "float64", None)[0] == "precision"
 
 
 def _h_summary(f64_beyond_acc: float, remedy_acc: float) -> pd.DataFrame:
-    pts = [cb.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
-           cb.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
-           cb.CollapsePoint("remedy: C20 I=11 std 0.6", 20, 8, 11, 0.0, 0.6, "remedy", "test"),
-           cb.CollapsePoint("C20 I=7 (L) float64", 20, 8, 7, 0.0, 0.5, "precision", "test"),
-           cb.CollapsePoint("C20 I=8 (L+1) float64", 20, 8, 8, 0.0, 0.5, "precision", "test")]
+    pts = [collapse_runs.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+           collapse_runs.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
+           collapse_runs.CollapsePoint("remedy: C20 I=11 std 0.6", 20, 8, 11, 0.0, 0.6, "remedy", "test"),
+           collapse_runs.CollapsePoint("C20 I=7 (L) float64", 20, 8, 7, 0.0, 0.5, "precision", "test"),
+           collapse_runs.CollapsePoint("C20 I=8 (L+1) float64", 20, 8, 8, 0.0, 0.5, "precision", "test")]
     accs = {"C20 I=6 (L-1)": 0.7, "C20 I=7 (L)": 0.1, "remedy: C20 I=11 std 0.6": remedy_acc,
             "C20 I=7 (L) float64": 0.1, "C20 I=8 (L+1) float64": f64_beyond_acc}
     rows = [{"status": "ok", "stage": "train", "kind": "train", "seed": seed, "label": p.label, "model.C": p.C,
              "model.D": p.D, "model.I": p.I, "model.init_std": p.std, "pr": 0.0, "test_acc": accs[p.label]}
             for p in pts for seed in range(3)]
-    return cb.run_summary(pd.DataFrame(rows), pts)
+    return collapse_runs.run_summary(pd.DataFrame(rows), pts)
 
 
 @pytest.mark.parametrize("f64_beyond, remedy, expected", [
@@ -244,8 +246,8 @@ def _h_summary(f64_beyond_acc: float, remedy_acc: float) -> pd.DataFrame:
     (0.10, 0.10, "not reproduced"),   # the remedy collapses
 ])
 def test_hypothesis_h_verdict_follows_the_float64_and_remedy_points(tmp_path, f64_beyond, remedy, expected):
-    v = cb.verdicts("cpu", tmp_path, summary=_h_summary(f64_beyond, remedy),
-                    limits=cb.depth_limit_table(pd.DataFrame()))
+    v = verdicts_ch.verdicts("cpu", tmp_path, summary=_h_summary(f64_beyond, remedy),
+                    limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     h = next(x for x in v if x.claim.startswith("(Hypothesis H"))
     assert h.verdict == expected and h.seeds == 3
     assert "`C20 I=8 (L+1) float64`" in h.would_change
@@ -261,17 +263,17 @@ def test_hypothesis_h_verdict_follows_the_float64_and_remedy_points(tmp_path, f6
 def test_rescue_is_explained_by_each_control_that_trains(tmp_path, narrow_acc, backbone_acc, expected):
     """The cpu grid's two rescue controls: C' = 15 from scratch and the C = 20 net on the CCM-trained backbone,
     unpruned. Whichever trains is named as the explanation; if neither does, the rescue is pruning's."""
-    pts = [cb.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
-           cb.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
-           cb.CollapsePoint("C'=15 from scratch I=7 (same-width control)", 15, 8, 7, 0.0, 0.5, "rescue", "control"),
-           cb.CollapsePoint("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 8, 7, 0.25, 0.5, "rescue", "test"),
-           cb.CollapsePoint("C20 pretrained backbone, unpruned, I=7 (control)", 20, 8, 7, 0.0, 0.5, "rescue",
+    pts = [collapse_runs.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+           collapse_runs.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
+           collapse_runs.CollapsePoint("C'=15 from scratch I=7 (same-width control)", 15, 8, 7, 0.0, 0.5, "rescue", "control"),
+           collapse_runs.CollapsePoint("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 8, 7, 0.25, 0.5, "rescue", "test"),
+           collapse_runs.CollapsePoint("C20 pretrained backbone, unpruned, I=7 (control)", 20, 8, 7, 0.0, 0.5, "rescue",
                             "control")]
     accs = dict(zip([p.label for p in pts], (0.7, 0.1, narrow_acc, 0.6, backbone_acc)))
     rows = [{"status": "ok", "stage": "train", "kind": "train", "seed": seed, "label": p.label, "model.C": p.C,
              "model.D": p.D, "model.I": p.I, "model.init_std": p.std, "pr": p.pr, "test_acc": accs[p.label]}
             for p in pts for seed in range(3)]
-    v = cb.verdicts("cpu", tmp_path, summary=cb.run_summary(pd.DataFrame(rows), pts),
-                    limits=cb.depth_limit_table(pd.DataFrame()))
+    v = verdicts_ch.verdicts("cpu", tmp_path, summary=collapse_runs.run_summary(pd.DataFrame(rows), pts),
+                    limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     assert v[1].verdict.startswith(expected), v[1].verdict
     assert v[1].seeds == 3

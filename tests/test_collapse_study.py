@@ -8,10 +8,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import capslib.sweeps as sweeps
-from capslib.config import profile
-from capslib.experiments import COLLAPSE, COLLAPSE_SMOKE, EXPERIMENTS
-from capslib.results import ResultsStore
+import capslib.experiments.grids as grids
+import capslib.experiments.sweeps as sweeps
+from capslib.engine.config import profile
+from capslib.experiments.grids import COLLAPSE, COLLAPSE_SMOKE, EXPERIMENTS
+from capslib.experiments.results import ResultsStore
 
 
 def test_cpu_profile_is_the_study_profile():
@@ -26,9 +27,9 @@ def test_cpu_profile_is_the_study_profile():
 
 @pytest.mark.parametrize("prof,k", [("cpu", COLLAPSE), ("smoke", COLLAPSE_SMOKE)])
 def test_collapse_grid_shape_and_pruned_architecture(prof, k):
-    from capslib.init_study import pruned_model_config
-    from capslib.pipeline import check_prunable
-    from capslib.pruning import pruned_config
+    from capslib.experiments.init_study import pruned_model_config
+    from capslib.experiments.pipeline import check_prunable
+    from capslib.pruning.prune import pruned_config
 
     grid = EXPERIMENTS["collapse"].grid(prof)
     labels = [p.label for p in grid]
@@ -65,16 +66,16 @@ def test_plan_is_point_major_for_the_study_and_seed_major_elsewhere():
 def test_unversioned_points_stay_done_when_the_library_version_changes(tmp_path, monkeypatch, capsys):
     runs = sweeps.plan("collapse", "smoke", seeds=1)
     point, cfg = runs[0]
-    monkeypatch.setattr(sweeps, "capslib_version", lambda: "0.1.0+aaaaaaaa")
-    key_a = sweeps.point_key("collapse", cfg, point)
-    versioned_a = sweeps.point_key("table2", cfg, point)
+    monkeypatch.setattr(grids, "capslib_version", lambda: "0.1.0+aaaaaaaa")
+    key_a = grids.point_key("collapse", cfg, point)
+    versioned_a = grids.point_key("table2", cfg, point)
     store = ResultsStore.for_experiment("collapse", "smoke", tmp_path)
     store.append({"run_key": "r1", "status": "ok", "point_key": key_a, "test_acc": 0.5, "seed": 0,
                   "capslib_version": "0.1.0+aaaaaaaa"})
-    monkeypatch.setattr(sweeps, "capslib_version", lambda: "0.1.0+bbbbbbbb")  # a library edit
-    assert sweeps.point_key("collapse", cfg, point) == key_a
-    assert sweeps.point_key("table2", cfg, point) != versioned_a  # other experiments still re-run
-    assert sweeps.point_key("collapse", cfg, point, versioned=True) != key_a
+    monkeypatch.setattr(grids, "capslib_version", lambda: "0.1.0+bbbbbbbb")  # a library edit
+    assert grids.point_key("collapse", cfg, point) == key_a
+    assert grids.point_key("table2", cfg, point) != versioned_a  # other experiments still re-run
+    assert grids.point_key("collapse", cfg, point, versioned=True) != key_a
     s = sweeps.sweep("collapse", profile="smoke", seeds=1, results_root=tmp_path, dry_run=True, progress=False)
     assert s.skipped == 1 and s.planned == len(runs)
     out = capsys.readouterr().out
@@ -82,7 +83,7 @@ def test_unversioned_points_stay_done_when_the_library_version_changes(tmp_path,
 
 
 def test_report_keeps_rows_of_every_version_for_an_unversioned_study():
-    from capslib.report import ours_table
+    from capslib.experiments.report import ours_table
 
     rows = []
     for seed, (ver, ts) in enumerate([("0.1.0+aaaaaaaa", "2026-01-01T00:00:00+0000"),

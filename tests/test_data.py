@@ -8,8 +8,8 @@ import pytest
 import torch
 import torchvision
 
-from capslib.config import DataConfig
-from capslib.data import DatasetUnavailableError, load_splits
+from capslib.engine.config import DataConfig
+from capslib.engine.data import DatasetUnavailableError, load_splits
 
 
 def test_fashion_mnist_splits(real_data_root):

@@ -1,4 +1,4 @@
-"""capslib.figures: the helpers and figures of the chip, depth and kernels chapters, on synthetic inputs.
+"""capslib.book.tables: the helpers and figures of the chip, depth and kernels chapters, on synthetic inputs.
 
 No training and no dataset: the chapters' real runs are checked by nbval.
 """
@@ -13,10 +13,13 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from capslib import figures as fg
-from capslib.config import ModelConfig, profile
-from capslib.model import CapsNet
-from capslib.pruning import LAYERS, make_plan, plan_from_removed
+from capslib.book import params, reproduction, runner, tables
+from capslib.book.chapters import chip as chip_ch
+from capslib.book.chapters import depth as depth_ch
+from capslib.book.chapters import kernels as kernels_ch
+from capslib.engine.config import ModelConfig, profile
+from capslib.engine.model import CapsNet
+from capslib.pruning.prune import LAYERS, make_plan, plan_from_removed
 
 
 def _scores(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -27,31 +30,29 @@ def _scores(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ scale and parameters
 def test_chapter_defaults_and_overrides():
-    cfg = fg.chapter_cfg("smoke", chapter="chip")
+    cfg = runner.chapter_cfg("smoke", chapter="chip")
     assert (cfg.model.C, cfg.model.D, cfg.model.I) == (8, 4, 0)
     assert (cfg.data.train_size, cfg.data.val_size, cfg.data.test_size) == (1000, 1000, 500)
     assert cfg.train.collapse_epochs == 1 and cfg.profile == "smoke"
-    assert fg.chapter_cfg("smoke", C=6, I=1, chapter="chip").model.C == 6
-    assert fg.chapter_cfg("paper", chapter="chip").model.C == 20
-    assert fg.chapter_cfg("paper", chapter="depth").model.I == 12
-    assert fg.sweep_overrides("table1", "smoke")["I"] == 0
-    assert "I" not in fg.sweep_overrides("table3", "smoke")
-    assert fg.sweep_overrides("table2", "paper", "fashion-mnist") == {"dataset": "fashion-mnist"}
+    assert runner.chapter_cfg("smoke", C=6, I=1, chapter="chip").model.C == 6
+    assert runner.chapter_cfg("paper", chapter="chip").model.C == 20
+    assert runner.chapter_cfg("paper", chapter="depth").model.I == 12
+    assert tables.sweep_overrides("table1", "smoke")["I"] == 0
+    assert "I" not in tables.sweep_overrides("table3", "smoke")
+    assert tables.sweep_overrides("table2", "paper", "fashion-mnist") == {"dataset": "fashion-mnist"}
 
 
 def test_kernels_spec_has_pr():
-    from capslib import notebook as nb
-
-    spec = fg.chapter_params("kernels")
-    assert "PR" in spec and set(nb.COMMON_PARAMS) <= set(spec)
+    spec = params.CHAPTER_PARAMS["kernels"]
+    assert "PR" in spec and set(params.COMMON_PARAMS) <= set(spec)
     ns = {name: p.default for name, p in spec.items()}
-    nb.check_parameters(ns, spec)
-    with pytest.raises(nb.ParameterError):
-        nb.check_parameters({**ns, "PR": 1.0}, spec)
+    params.check_parameters(ns, spec)
+    with pytest.raises(params.ParameterError):
+        params.check_parameters({**ns, "PR": 1.0}, spec)
 
 
 def test_sweep_points_follow_the_grid():
-    pts = fg.sweep_points("table1", "smoke")
+    pts = tables.sweep_points("table1", "smoke")
     assert len(pts) == 6 and all(c.model.I == 0 and c.data.val_size == 1000 for _, c, _ in pts)
     assert len({k for _, _, k in pts}) == 6
 
@@ -59,14 +60,14 @@ def test_sweep_points_follow_the_grid():
 # ------------------------------------------------------------------ rank agreement
 def test_spearman_and_kendall():
     a = [1.0, 2.0, 3.0, 4.0]
-    assert fg.spearman(a, a) == pytest.approx(1.0)
-    assert fg.kendall_tau(a, a[::-1]) == pytest.approx(-1.0)
-    assert fg.kendall_tau(a, [1, 3, 2, 4]) == pytest.approx(2 / 3)
-    assert fg.spearman(a, [1, 3, 2, 4]) == pytest.approx(0.8)
-    assert math.isnan(fg.spearman(a, [1, 1, 1, 1]))
+    assert chip_ch.spearman(a, a) == pytest.approx(1.0)
+    assert chip_ch.kendall_tau(a, a[::-1]) == pytest.approx(-1.0)
+    assert chip_ch.kendall_tau(a, [1, 3, 2, 4]) == pytest.approx(2 / 3)
+    assert chip_ch.spearman(a, [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert math.isnan(chip_ch.spearman(a, [1, 1, 1, 1]))
     # tau-b with ties: pandas' definition
     x, y = [1, 1, 2, 3], [1, 2, 2, 3]
-    assert fg.kendall_tau(x, y) == pytest.approx(0.8)
+    assert chip_ch.kendall_tau(x, y) == pytest.approx(0.8)
 
 
 def test_rank_agreement_and_ci_frame():
@@ -74,11 +75,11 @@ def test_rank_agreement_and_ci_frame():
     s1, s2 = _scores(cfg, 0), _scores(cfg, 1)
     scores = {"per_image": s1, "batch_mean": s1}
     plans = {k: make_plan(cfg, v, 0.25) for k, v in scores.items()}
-    t = fg.rank_agreement(scores, plans)
+    t = chip_ch.rank_agreement(scores, plans)
     assert list(t.index) == list(LAYERS)
     assert (t["Spearman ρ"] == 1.0).all() and (t["Kendall τ"] == 1.0).all()
     assert t.loc["conv1", "same removed"] == "4/4"
-    df = fg.ci_frame(s2, make_plan(cfg, s2, 0.25))
+    df = chip_ch.ci_frame(s2, make_plan(cfg, s2, 0.25))
     assert len(df) == sum(len(v) for v in s2.values())
     assert df.groupby("layer")["relative CI"].max().eq(1.0).all()
     assert df[df["layer"] == "conv1"]["removed"].sum() == 4
@@ -87,7 +88,7 @@ def test_rank_agreement_and_ci_frame():
 
 
 def test_plannability_marks_the_rounding_failures():
-    t = fg.plannability([(10, 8), (8, 4)], [0.25, 0.5])
+    t = chip_ch.plannability([(10, 8), (8, 4)], [0.25, 0.5])
     assert t.loc[("[C=10, D=8]", 0.25), "plannable"] == "yes"
     assert t.loc[("[C=10, D=8]", 0.5), "plannable"] == "no: conv1 keeps 4 < D=8"
     assert t.loc[("[C=10, D=8]", 0.5), "conv1"] == "20→4"
@@ -96,7 +97,7 @@ def test_plannability_marks_the_rounding_failures():
 
 def test_plans_for_returns_the_reason():
     cfg = ModelConfig(C=8, D=4)
-    plans = fg.plans_for(cfg, _scores(cfg), [0.25, 0.75])
+    plans = chip_ch.plans_for(cfg, _scores(cfg), [0.25, 0.75])
     assert plans[0.25].C_after == 6
     assert isinstance(plans[0.75], str) and "fewer than D=4" in plans[0.75]
 
@@ -106,24 +107,24 @@ def test_chip_figures():
     cfg = ModelConfig(C=8, D=4)
     s = _scores(cfg)
     plan = make_plan(cfg, s, 0.25)
-    assert isinstance(fg.ci_bars({"per_image": s, "batch_mean": s}, {"per_image": plan, "batch_mean": plan}), Figure)
-    assert isinstance(fg.ci_panel(s, plan, "t"), Figure)
+    assert isinstance(chip_ch.ci_bars({"per_image": s, "batch_mean": s}, {"per_image": plan, "batch_mean": plan}), Figure)
+    assert isinstance(chip_ch.ci_panel(s, plan, "t"), Figure)
     cells = {("8/4", 0.25): (s, plan, "a"), ("8/4", 0.75): (s, "layer 'conv1' would keep 0", "b")}
-    fig = fg.ci_grid(cells, title="x")
+    fig = chip_ch.ci_grid(cells, title="x")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
 
 
 def test_pivots_and_lines():
-    paper = fg.paper_pivot("table1", "PR")
+    paper = tables.paper_pivot("table1", "PR")
     assert paper.shape == (6, 7) and paper.loc["[C=10, D=8]", "0.6 / 0.625*"] == 74.09
     assert paper.loc["[C=16, D=6]", "0.6 / 0.625*"] == 73.02
-    assert fg.paper_pivot("table3", "I", index="PR").loc[0.0, 7] == 10
+    assert tables.paper_pivot("table3", "I", index="PR").loc[0.0, 7] == 10
     rep = pd.DataFrame([dict(C=8, D=4, PR=0.0, ours=51.6), dict(C=8, D=4, PR=0.25, ours=58.0),
                         dict(C=10, D=8, PR=0.0, ours=np.nan)])
-    ours = fg.ours_pivot(rep, "PR")
+    ours = tables.ours_pivot(rep, "PR")
     assert ours.loc["[C=8, D=4]"].tolist() == [52, 58] and len(ours) == 1
-    assert isinstance(fg.table_lines(paper, ours, "PR", "ours"), Figure)
-    assert fg.paper_table("table5").loc["[C=10, D=8]", "paper"] == ">30"
+    assert isinstance(tables.table_lines(paper, ours, "PR", "ours"), Figure)
+    assert tables.paper_table("table5").loc["[C=10, D=8]", "paper"] == ">30"
 
 
 def _row(**kw):
@@ -138,15 +139,15 @@ def _row(**kw):
 def test_depth_tables():
     rows = pd.DataFrame([_row(), _row(**{"model.I": 0, "dead_000": json.dumps({"primary": 0.0, "class": 0.0})}),
                          _row(kind="prune", stage="ccm"), _row(kind="prune", stage="retrain", pr=0.25)])
-    t = fg.grid_dead_table(rows, "table3")
+    t = depth_ch.grid_dead_table(rows, "table3")
     assert len(t) == 3 and t.loc[("[C=4, D=4]", 0.0, 1), "dead inter1 (%)"] == 25
     assert t.loc[("[C=4, D=4]", 0.0, 0), "dead inter1 (%)"] == "–"
     assert list(t.columns)[-3:] == ["dead primary (%)", "dead inter1 (%)", "dead class (%)"]
-    assert isinstance(fg.dead_bars(t), Figure)
-    hist = fg.dead_history(rows.iloc[:1])
-    ht = fg.dead_history_table(hist)
+    assert isinstance(depth_ch.dead_bars(t), Figure)
+    hist = depth_ch.dead_history(rows.iloc[:1])
+    ht = depth_ch.dead_history_table(hist)
     assert ht["val acc (%)"].tolist() == [30, 40] and ht["dead inter1 (%)"].tolist() == [50, 25]
-    assert isinstance(fg.dead_history_figure(hist), Figure)
+    assert isinstance(depth_ch.dead_history_figure(hist), Figure)
     depth = pd.DataFrame([
         {"stage": "depth", "depth_I": 1, "test_acc": 0.5, "best_val_acc": 0.5, "collapsed": "False",
          "grid.C": 8, "grid.D": 4, "pr": 0.0},
@@ -154,11 +155,11 @@ def test_depth_tables():
          "grid.C": 8, "grid.D": 4, "pr": 0.0},
         {"stage": "depth_summary", "depth_I": 2, "max_depth": 1.0, "collapsed_at": 2.0,
          "depths_tried": "[1, 2]", "grid.C": 8, "grid.D": 4, "pr": 0.0}])
-    dt = fg.depth_table(depth)
+    dt = depth_ch.depth_table(depth)
     assert dt.loc["[C=8, D=4]", "max depth I"] == 1 and dt.loc["[C=8, D=4]", "collapsed at I"] == 2
-    tr = fg.depth_trials(depth, C=8, D=4)
+    tr = depth_ch.depth_trials(depth, C=8, D=4)
     assert tr["collapsed"].tolist() == [False, True]
-    assert isinstance(fg.depth_curves(tr), Figure)
+    assert isinstance(depth_ch.depth_curves(tr), Figure)
 
 
 # ------------------------------------------------------------------ kernels
@@ -167,23 +168,23 @@ def test_overlap_and_similarity_figures():
     cfg = profile("smoke", C=4, D=4, I=0).model
     chip = plan_from_removed(cfg, {"conv2": [0, 1, 2, 3], "primary": [0, 1, 2, 3]}, pr=0.25)
     sim = plan_from_removed(cfg, {"conv2": [0, 1, 4, 5], "primary": [4, 5, 6, 7]}, pr=0.25, mode="capsule")
-    t = fg.overlap_table(chip, sim)
+    t = kernels_ch.overlap_table(chip, sim)
     assert t.loc["conv2", "both"] == 2 and t.loc["conv2", "Jaccard"] == pytest.approx(2 / 6, abs=0.01)
     assert t.loc["primary", "both"] == 0 and math.isnan(t.loc["conv1", "Jaccard"])
     model = CapsNet(cfg).eval()
-    d = fg.min_distance_table({"a": model, "b": model})
+    d = kernels_ch.min_distance_table({"a": model, "b": model})
     assert list(d.index) == list(LAYERS) and (d["a"] == d["b"]).all()
     assert ((d["a"] >= 0) & (d["a"] <= 2)).all()
-    assert isinstance(fg.similarity_heatmaps(model), Figure)
-    points = fg.sweep_points("table4", "smoke")
-    kc = fg.kernel_configs(points)
+    assert isinstance(kernels_ch.similarity_heatmaps(model), Figure)
+    points = tables.sweep_points("table4", "smoke")
+    kc = kernels_ch.kernel_configs(points)
     assert kc.loc[("[C=4, D=4]", "k5"), "capsule grid"] == "12×12"
     assert kc.loc[("[C=4, D=4]", "k3"), "capsule grid"] == "6×6"
 
 
 # ------------------------------------------------------------------ reproduction page
 def test_reproduction_page_without_runs(tmp_path):
-    text = fg.reproduction_markdown(results_root=str(tmp_path))
+    text = reproduction.reproduction_markdown(results_root=str(tmp_path))
     for title in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Fig. 3"):
         assert f"## {title}" in text
     assert "no full-scale run has been done yet" in text
@@ -199,11 +200,11 @@ def _bar_colours(ax) -> list[tuple]:
 
 
 def test_kernel_bars_give_a_setting_one_colour_in_both_panels():
-    from capslib import plots
+    from capslib.book import plots
 
-    paper = fg.paper_pivot("table4", "kernels")  # the paper lists k5 first
+    paper = tables.paper_pivot("table4", "kernels")  # the paper lists k5 first
     ours = pd.DataFrame({"k3": [42], "k5": [51]}, index=pd.Index(["[C=4, D=4]"], name="model"))
-    fig = fg.kernel_bars(paper, ours, ours_label="ours: " + "Fashion-MNIST · smoke (check, not a reproduction) · "
+    fig = kernels_ch.kernel_bars(paper, ours, ours_label="ours: " + "Fashion-MNIST · smoke (check, not a reproduction) · "
                                                              "seed 0 · cpu")
     left, right = fig.axes[:2]
     assert _bar_colours(left) == _bar_colours(right) and len(_bar_colours(left)) == 2
@@ -214,9 +215,9 @@ def test_kernel_bars_give_a_setting_one_colour_in_both_panels():
 
 
 def test_table_lines_have_whole_number_depth_ticks_and_legends_beside_the_data():
-    paper = fg.paper_pivot("table2", "I")
+    paper = tables.paper_pivot("table2", "I")
     ours = pd.DataFrame({0: [48], 1: [42], 2: [18]}, index=pd.Index(["[C=4, D=4]"], name="model"))
-    fig = fg.table_lines(paper, ours, "I", ours_label="ours")
+    fig = tables.table_lines(paper, ours, "I", ours_label="ours")
     fig.canvas.draw()
     for ax in fig.axes:
         ticks = ax.get_xticks()
@@ -231,7 +232,7 @@ def test_dead_bars_say_when_a_panel_is_all_zero():
     table = pd.DataFrame({"model": ["[C=8, D=4]"] * 4, "PR": [0.0, 0.0, 0.25, 0.25], "I": [1, 2, 1, 2],
                           "dead primary (%)": [0, 0, 0, 0], "dead inter1 (%)": [0, 0, 0, 0],
                           "dead inter2 (%)": ["–", 0, "–", 0], "dead class (%)": [40, 0, 0, 0]})
-    fig = fg.dead_bars(table.set_index(["model", "PR", "I"]))
+    fig = depth_ch.dead_bars(table.set_index(["model", "PR", "I"]))
     left, right = fig.axes[:2]
     texts = [t.get_text() for t in right.texts]
     assert any("no dead capsule types" in t for t in texts)
@@ -240,16 +241,16 @@ def test_dead_bars_say_when_a_panel_is_all_zero():
 
 
 def test_paper_note_names_what_the_table_holds():
-    assert "maximum depth" in fg.paper_note("Table 5 (maximum depth without pruning)").data
-    assert "test accuracy in %" not in fg.paper_note("Table 5 (maximum depth without pruning)").data
-    assert "test accuracy in %" in fg.paper_note("Table 2").data
+    assert "maximum depth" in tables.paper_note("Table 5 (maximum depth without pruning)").data
+    assert "test accuracy in %" not in tables.paper_note("Table 5 (maximum depth without pruning)").data
+    assert "test accuracy in %" in tables.paper_note("Table 2").data
 
 
 def test_reproduction_table5_prints_a_depth_as_a_whole_number_and_stays_narrow():
     table = pd.DataFrame([{"C": 8, "D": 4, "ours": 2.0, "ours_std": math.nan, "seeds": 1, "paper": math.nan,
                            "delta": math.nan, "dataset": "fashion-mnist", "profile": "smoke", "device": "AMD EPYC",
                            "capslib_version": "0.1.0"}])
-    text = fg._ours_md("table5", table, smoke=True)
+    text = reproduction._ours_md("table5", table, smoke=True)
     row = [line for line in text.splitlines() if line.startswith("| 8")][0]
     assert "| 2 " in row and "2.00" not in row
     header = text.splitlines()[0]
@@ -260,7 +261,7 @@ def test_reproduction_table5_prints_a_depth_as_a_whole_number_and_stays_narrow()
 def test_every_figure_fits_the_text_column():
     """The book shows figures at 100 dpi in a column about PAGE_WIDTH_IN wide: wider ones would be shrunk,
     and their text with them."""
-    from capslib import plots
+    from capslib.book import plots
 
     cfg = ModelConfig(C=8, D=4)
     s = _scores(cfg)
@@ -269,7 +270,7 @@ def test_every_figure_fits_the_text_column():
              for cd in ("8/4", "16/8") for pr in (0.0, 0.25, 0.5)}
     trials = pd.DataFrame({"I": [1, 2], "test acc (%)": [50.0, 16.0], "collapsed": [False, False],
                            "series": ["no pruning"] * 2})
-    figures = [fg.ci_bars({"per_image": s, "batch_mean": s}, plans, title="t"), fg.ci_grid(cells, title="t"),
-               fg.ci_panel(*cells[("8/4", 0.25)]), fg.depth_curves(trials, title="t")]
+    figures = [chip_ch.ci_bars({"per_image": s, "batch_mean": s}, plans, title="t"), chip_ch.ci_grid(cells, title="t"),
+               chip_ch.ci_panel(*cells[("8/4", 0.25)]), depth_ch.depth_curves(trials, title="t")]
     assert all(f.get_figwidth() <= plots.PAGE_WIDTH_IN + 1e-9 for f in figures)
     assert plots.BOOK_RC["xtick.labelsize"] >= 9 and plots.FONT["small"] >= 9

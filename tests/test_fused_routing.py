@@ -1,4 +1,4 @@
-"""The fused CPU routing kernel (capslib.fused_routing): the same function and gradient as the
+"""The fused CPU routing kernel (capslib.engine.fused_routing): the same function and gradient as the
 PyTorch path, at every capsule size and thread count, in float32 and float64; the layers and the
 model give the same numbers either way; the fallback is clean and says why."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from capslib import fused_routing
-from capslib.capsules import ClassCaps, ConvCaps, capsule_votes, use_fused_routing
-from capslib.config import ModelConfig
-from capslib.losses import margin_loss
-from capslib.model import CapsNet
-from capslib.routing import dynamic_routing
+from capslib.engine import fused_routing
+from capslib.engine.capsules import ClassCaps, ConvCaps, capsule_votes, use_fused_routing
+from capslib.engine.config import ModelConfig
+from capslib.engine.losses import margin_loss
+from capslib.engine.model import CapsNet
+from capslib.engine.routing import dynamic_routing
 
 pytestmark = pytest.mark.skipif(not fused_routing.available(), reason=fused_routing.status())
 
@@ -148,8 +148,8 @@ def test_fallback_when_disabled_is_announced_and_equal(tmp_path):
     compute the same numbers."""
     code = (
         "import warnings, torch\n"
-        "from capslib import fused_routing\n"
-        "from capslib.capsules import ConvCaps\n"
+        "from capslib.engine import fused_routing\n"
+        "from capslib.engine.capsules import ConvCaps\n"
         "torch.manual_seed(0)\n"
         "layer = ConvCaps(4, 8, 4, 8, init_std=0.5)\n"
         "u = torch.randn(2, 3, 3, 4, 8) * 0.5\n"
@@ -184,7 +184,7 @@ def test_float64_training_path_trains(real_data_root):
     """TrainConfig.dtype='float64' on real Fashion-MNIST: parameters, activations and the loss are
     float64 end to end, and the model learns (one epoch on 1,000 images, well above chance)."""
     from capslib import profile
-    from capslib.train import fit
+    from capslib.engine.train import fit
 
     cfg = profile("smoke", C=4, D=8, I=1, epochs=1, batch_size=32, train_size=1000, val_size=200, test_size=200,
                   dtype="float64")

@@ -1,4 +1,4 @@
-"""Initialisation study (capslib.init_study): the one-forward depth-limit finder against models built per
+"""Initialisation study (capslib.experiments.init_study): the one-forward depth-limit finder against models built per
 depth, known limits, the length recurrence's pieces against closed forms, and the recurrence against
 the measured length map on real Fashion-MNIST images."""
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from capslib.config import ModelConfig
-from capslib.init_study import (_chi_nodes, _log_g, _logmeanexp_weights, _window_counts, build_model, depth_limit,
-                                eval_batches, gain, gradient_at, length_map, length_map_figure, length_recurrence,
-                                predicted_limit, primary_m2_maps, pruned_model_config, squash_length)
-from capslib.routing import squash
+from capslib.engine.config import ModelConfig
+from capslib.experiments.init_study import (_chi_nodes, _log_g, _logmeanexp_weights, _window_counts, build_model, depth_limit,
+                                            eval_batches, gain, gradient_at, length_map, length_map_figure, length_recurrence,
+                                            predicted_limit, primary_m2_maps, pruned_model_config, squash_length)
+from capslib.engine.routing import squash
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from capslib.config import ModelConfig
-from capslib.losses import ccm_loss, channel_correlation, margin_loss, total_loss
-from capslib.model import CapsNet
-from capslib.probes import ActivationProbe, probe_model
+from capslib.engine.config import ModelConfig
+from capslib.engine.losses import ccm_loss, channel_correlation, margin_loss, total_loss
+from capslib.engine.model import CapsNet
+from capslib.engine.probes import ActivationProbe, probe_model
 
 
 def test_margin_loss_values():

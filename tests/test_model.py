@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from capslib.capsules import PrimaryCaps
-from capslib.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, profile
-from capslib.model import CapsNet, count_params
-from capslib.routing import squash
+from capslib.engine.capsules import PrimaryCaps
+from capslib.engine.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, profile
+from capslib.engine.model import CapsNet, count_params
+from capslib.engine.routing import squash
 
 
 def expected_params(C, D, I, cin, size, N=10, M=16):

@@ -1,4 +1,4 @@
-"""Chapter parameters: capslib.notebook.check_parameters / chapter_config, and a real papermill run.
+"""Chapter parameters: capslib.book.params.check_parameters / chapter_config, and a real papermill run.
 
 A chapter must stop at once, before any data is loaded or any model trained,
 when papermill passes an unknown parameter name (``-p FOO 1`` becomes a global)
@@ -15,8 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from capslib import notebook as nb
-from capslib.config import ConfigError
+from capslib.book import params, runner, tables
+from capslib.engine.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -25,25 +25,25 @@ CHAPTERS = ["routing", "ccm"]
 
 def defaults(chapter: str) -> dict:
     """A namespace holding the chapter's default parameters, like the parameters cell leaves it."""
-    return {name: p.default for name, p in nb.CHAPTER_PARAMS[chapter].items()}
+    return {name: p.default for name, p in params.CHAPTER_PARAMS[chapter].items()}
 
 
 # ------------------------------------------------------------------ unknown names
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_defaults_pass(chapter):
     ns = defaults(chapter)
-    values = nb.check_parameters(ns, chapter)
-    assert set(values) == set(nb.CHAPTER_PARAMS[chapter])
+    values = params.check_parameters(ns, chapter)
+    assert set(values) == set(params.CHAPTER_PARAMS[chapter])
 
 
 def test_unknown_name_is_refused_with_the_valid_list():
     ns = {**defaults("routing"), "FOO": 1}
-    with pytest.raises(nb.ParameterError) as err:
-        nb.check_parameters(ns, "routing")
+    with pytest.raises(params.ParameterError) as err:
+        params.check_parameters(ns, "routing")
     msg = str(err.value)
     assert "unknown parameter FOO = 1" in msg
     assert "Valid parameters" in msg
-    for name in nb.CHAPTER_PARAMS["routing"]:
+    for name in params.CHAPTER_PARAMS["routing"]:
         assert f"  {name} " in msg, name
     assert "int >= 1, or None" in msg  # C's range
     assert "one of 'smoke', 'fmnist', 'paper'" in msg
@@ -52,44 +52,44 @@ def test_unknown_name_is_refused_with_the_valid_list():
 def test_unknown_name_suggests_the_close_one():
     ns = {**defaults("routing"), "d": 8}
     with pytest.raises(ValueError, match=r"unknown parameter d = 8 \(did you mean D\?\)"):
-        nb.check_parameters(ns, "routing")
+        params.check_parameters(ns, "routing")
 
 
 def test_parameter_error_is_a_value_error():
-    assert issubclass(nb.ParameterError, ValueError)
+    assert issubclass(params.ParameterError, ValueError)
 
 
 def test_modules_functions_and_private_names_are_not_parameters():
     import math
 
-    ns = {**defaults("ccm"), "nb": nb, "math": math, "f": len, "_x": 1, "In": [], "Out": {},
+    ns = {**defaults("ccm"), "runner": runner, "math": math, "f": len, "_x": 1, "In": [], "Out": {},
           "get_ipython": object, "exit": object(), "cfg": object()}
-    nb.check_parameters(ns, "ccm")
+    params.check_parameters(ns, "ccm")
 
 
 def test_history_marks_only_the_parameter_cells():
     """In a kernel, names assigned by the cells before the check are the parameters."""
-    params = "\n".join(f"{k} = {v!r}" for k, v in defaults("ccm").items())
-    check = 'from capslib import notebook as nb\nnb.check_parameters(globals(), "ccm")'
+    cell = "\n".join(f"{k} = {v!r}" for k, v in defaults("ccm").items())
+    check = 'from capslib.book import params\nparams.check_parameters(globals(), "ccm")'
     # papermill: parameters cell, injected cell with an unknown name, then the check
-    ns = {**defaults("ccm"), "FOO": 1, "In": ["", params, "# Parameters\nFOO = 1\n", check]}
-    with pytest.raises(nb.ParameterError, match="unknown parameter FOO"):
-        nb.check_parameters(ns, "ccm")
+    ns = {**defaults("ccm"), "FOO": 1, "In": ["", cell, "# Parameters\nFOO = 1\n", check]}
+    with pytest.raises(params.ParameterError, match="unknown parameter FOO"):
+        params.check_parameters(ns, "ccm")
     # a live session that re-runs the check after later cells defined plain variables
-    ns = {**defaults("ccm"), "alpha": 0.1, "rows": {}, "In": ["", params, check, "alpha = 0.1\nrows = {}", check]}
-    nb.check_parameters(ns, "ccm")
+    ns = {**defaults("ccm"), "alpha": 0.1, "rows": {}, "In": ["", cell, check, "alpha = 0.1\nrows = {}", check]}
+    params.check_parameters(ns, "ccm")
 
 
 def test_missing_parameter_is_reported():
     ns = defaults("routing")
     del ns["SEED"]
-    with pytest.raises(nb.ParameterError, match="parameter SEED is not set"):
-        nb.check_parameters(ns, "routing")
+    with pytest.raises(params.ParameterError, match="parameter SEED is not set"):
+        params.check_parameters(ns, "routing")
 
 
 def test_unknown_chapter_spec():
-    with pytest.raises(nb.ParameterError, match="no parameter spec"):
-        nb.check_parameters({}, "nochapter")
+    with pytest.raises(params.ParameterError, match="no parameter spec"):
+        params.check_parameters({}, "nochapter")
 
 
 # ------------------------------------------------------------------ bad values
@@ -128,8 +128,8 @@ def test_unknown_chapter_spec():
 ])
 def test_bad_values_are_refused(chapter, name, value):
     ns = {**defaults(chapter), name: value}
-    with pytest.raises(nb.ParameterError) as err:
-        nb.check_parameters(ns, chapter)
+    with pytest.raises(params.ParameterError) as err:
+        params.check_parameters(ns, chapter)
     msg = str(err.value)
     assert f"bad value {name} = {value!r}: must be" in msg
     assert "Valid parameters" in msg
@@ -137,8 +137,8 @@ def test_bad_values_are_refused(chapter, name, value):
 
 def test_all_problems_are_listed_at_once():
     ns = {**defaults("chip"), "D": 0, "PR": 1.5, "FOO": 1}
-    with pytest.raises(nb.ParameterError) as err:
-        nb.check_parameters(ns, "chip")
+    with pytest.raises(params.ParameterError) as err:
+        params.check_parameters(ns, "chip")
     msg = str(err.value)
     assert "FOO" in msg and "bad value D = 0" in msg and "bad value PR = 1.5" in msg
     assert re.search(r"PR +number >= 0 and < 1", msg)
@@ -166,48 +166,48 @@ def test_all_problems_are_listed_at_once():
 ])
 def test_good_values_pass_and_are_normalised(chapter, changes, expect):
     ns = {**defaults(chapter), **changes}
-    values = nb.check_parameters(ns, chapter)
+    values = params.check_parameters(ns, chapter)
     for k, v in expect.items():
         assert values[k] == v and ns[k] == v, k
 
 
 def test_custom_spec_dict():
-    spec = {"PROFILE": nb.COMMON_PARAMS["PROFILE"], "K": nb.Param("int", 3, "kernel", low=1, high=7)}
-    assert nb.check_parameters({"PROFILE": "smoke", "K": 5}, spec) == {"PROFILE": "smoke", "K": 5}
-    with pytest.raises(nb.ParameterError, match=r"K = 9: must be int >= 1 and <= 7"):
-        nb.check_parameters({"PROFILE": "smoke", "K": 9}, spec)
+    spec = {"PROFILE": params.COMMON_PARAMS["PROFILE"], "K": params.Param("int", 3, "kernel", low=1, high=7)}
+    assert params.check_parameters({"PROFILE": "smoke", "K": 5}, spec) == {"PROFILE": "smoke", "K": 5}
+    with pytest.raises(params.ParameterError, match=r"K = 9: must be int >= 1 and <= 7"):
+        params.check_parameters({"PROFILE": "smoke", "K": 9}, spec)
 
 
 # ------------------------------------------------------------------ chapter configs
 def test_chapter_config_smoke_is_small():
-    cfg = nb.chapter_config("smoke", chapter="routing")
+    cfg = runner.chapter_config("smoke", chapter="routing")
     m, d, t = cfg.model, cfg.data, cfg.train
     assert (m.C, m.D, m.I) == (4, 4, 1)
     assert (t.epochs, d.train_size, d.dataset, cfg.profile, t.device) == (1, 2000, "fashion-mnist", "smoke", "cpu")
-    ccm = nb.chapter_config("smoke", chapter="ccm")
+    ccm = runner.chapter_config("smoke", chapter="ccm")
     assert (ccm.model.C, ccm.model.D, ccm.model.I) == (8, 4, 0)
     assert ccm.train.alpha == 0.0  # α is set per run, not by the chapter scale
-    assert nb.ccm_alpha("smoke") == 0.1 and nb.ccm_alpha("paper") == 0.01 and nb.ccm_alpha("smoke", 0.5) == 0.5
+    assert runner.ccm_alpha("smoke") == 0.1 and runner.ccm_alpha("paper") == 0.01 and runner.ccm_alpha("smoke", 0.5) == 0.5
 
 
 def test_chapter_config_parameters_override_the_scale():
-    cfg = nb.chapter_config("smoke", "mnist", 3, 6, 8, 2, 2, chapter="routing", routing_iters=2)
+    cfg = runner.chapter_config("smoke", "mnist", 3, 6, 8, 2, 2, chapter="routing", routing_iters=2)
     assert (cfg.model.C, cfg.model.D, cfg.model.I, cfg.model.routing_iters) == (6, 8, 2, 2)
     assert (cfg.data.dataset, cfg.train.seed, cfg.train.epochs) == ("mnist", 3, 2)
 
 
 def test_chapter_config_paper_uses_the_paper_sizes():
-    cfg = nb.chapter_config("paper", chapter="routing")
+    cfg = runner.chapter_config("paper", chapter="routing")
     assert (cfg.model.C, cfg.model.D, cfg.data.dataset, cfg.profile) == (20, 8, "cifar10", "paper")
     assert cfg.data.train_size is None
-    assert nb.chapter_config("fmnist", chapter="ccm").model.I == 0
+    assert runner.chapter_config("fmnist", chapter="ccm").model.I == 0
 
 
 def test_chapter_config_refuses_bad_values():
     with pytest.raises(ConfigError):
-        nb.chapter_config("huge")
+        runner.chapter_config("huge")
     with pytest.raises(ConfigError, match="D must be a positive integer"):
-        nb.chapter_config("smoke", D=0, chapter="routing")
+        runner.chapter_config("smoke", D=0, chapter="routing")
 
 
 # ------------------------------------------------------------------ the committed chapters
@@ -228,7 +228,7 @@ def test_parameters_cell_matches_the_spec(chapter):
     ns.pop("__builtins__")
     assert ns == defaults(chapter)
     following = [c for c in notebook.cells[i + 1:] if c.cell_type == "code"][0]
-    assert f'nb.check_parameters(globals(), "{chapter}")' in following.source
+    assert f'params.check_parameters(globals(), "{chapter}")' in following.source
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -251,7 +251,7 @@ def test_committed_chapter_is_small_and_marked(chapter):
 # ------------------------------------------------------------------ papermill
 @pytest.fixture(scope="module")
 def kernel():
-    from capslib.book import ensure_kernel
+    from capslib.book.build import ensure_kernel
 
     ensure_kernel()
     return "python3"
@@ -302,23 +302,22 @@ def _text(path: Path) -> str:
 
 
 def test_smoke_sizes_are_read_from_the_configs_the_runs_use():
-    from capslib import figures as fg
-    from capslib.config import PROFILES
+    from capslib.engine.config import PROFILES
 
-    sizes = nb.smoke_sizes()
+    sizes = runner.smoke_sizes()
     d = PROFILES["smoke"]().data
     assert sizes["profile"] == (d.train_size, d.val_size, d.test_size)
-    book = nb.BOOK_SMOKE_DATA
+    book = runner.BOOK_SMOKE_DATA
     assert sizes["routing, ccm"] == tuple(book["chapters"][k] for k in ("train_size", "val_size", "test_size"))
     assert sizes["chip, depth, kernels"] == tuple(book["tables"][k] for k in ("train_size", "val_size", "test_size"))
     for chapter in ("chip", "depth", "kernels"):
-        cfg = fg.chapter_cfg("smoke", chapter=chapter).data
+        cfg = runner.chapter_cfg("smoke", chapter=chapter).data
         assert (cfg.train_size, cfg.val_size, cfg.test_size) == sizes["chip, depth, kernels"], chapter
     for table in ("table1", "table2", "table3", "table4", "table5", "fig3"):  # the sweeps the chapters run
-        for _, cfg, _ in fg.sweep_points(table, "smoke"):
+        for _, cfg, _ in tables.sweep_points(table, "smoke"):
             assert (cfg.data.train_size, cfg.data.val_size, cfg.data.test_size) == sizes["chip, depth, kernels"]
-    assert nb.chapter_config("smoke", chapter="ccm").data.train_size == sizes["routing, ccm"][0]
-    assert nb.sizes_phrase(2000, 500, 1000) == "2,000 training, 500 validation and 1,000 test images"
+    assert runner.chapter_config("smoke", chapter="ccm").data.train_size == sizes["routing, ccm"][0]
+    assert runner.sizes_phrase(2000, 500, 1000) == "2,000 training, 500 validation and 1,000 test images"
 
 
 @pytest.mark.parametrize("document,runs", [
@@ -333,9 +332,9 @@ def test_smoke_sizes_are_read_from_the_configs_the_runs_use():
 ])
 def test_quoted_smoke_sizes_match_the_source(document, runs):
     """Every "N training, M validation and K test images" the README and the book quote is the size of a
-    run they describe (capslib.notebook.smoke_sizes), and each of those runs is quoted."""
-    sizes = nb.smoke_sizes()
+    run they describe (capslib.book.runner.smoke_sizes), and each of those runs is quoted."""
+    sizes = runner.smoke_sizes()
     quoted = {m.group(0) for m in _SIZES.finditer(_text(ROOT / document))}
-    expected = {nb.sizes_phrase(*sizes[r]) for r in runs}
+    expected = {runner.sizes_phrase(*sizes[r]) for r in runs}
     assert quoted == expected, f"{document}: quotes {sorted(quoted)}, the runs it describes use {sorted(expected)}"
     assert "2,000 training images)" not in _text(ROOT / document)  # the intro's old, partial quote

@@ -19,14 +19,14 @@ import sys
 import pandas as pd
 import pytest
 
-import capslib.pipeline as pipeline
+import capslib.experiments.pipeline as pipeline
 from capslib.cli import build_parser
-from capslib.config import profile
-from capslib.data import load_splits
-from capslib.pipeline import depth_search, prune_pipeline
-from capslib.pruning import count_macs, params_of
-from capslib.results import ResultsStore
-from capslib.train import evaluate, load_model
+from capslib.engine.config import profile
+from capslib.engine.data import load_splits
+from capslib.experiments.pipeline import depth_search, prune_pipeline
+from capslib.pruning.prune import count_macs, params_of
+from capslib.experiments.results import ResultsStore
+from capslib.engine.train import evaluate, load_model
 
 TINY = dict(C=8, D=4, I=0, train_size=256, val_size=1000, test_size=128, epochs=1, batch_size=64,
             init_std=1e-3, collapse_epochs=1)
@@ -248,8 +248,8 @@ def test_cli_prune_reports_bad_ratio():
 
 
 def test_the_pipeline_takes_the_configs_chip_estimator_unless_told():
-    from capslib.config import apply_preset, profile
-    from capslib.pipeline import resolve_estimator
+    from capslib.engine.config import apply_preset, profile
+    from capslib.experiments.pipeline import resolve_estimator
 
     cfg = profile("smoke")
     authors = apply_preset(cfg, "authors")

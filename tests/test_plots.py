@@ -1,4 +1,4 @@
-"""capslib.plots (figures, provenance footer) and the analyses of capslib.notebook, on tiny untrained models.
+"""capslib.book.plots (figures, provenance footer) and the analyses of capslib.book.runner, on tiny untrained models.
 
 No training and no dataset: the chapters' real runs are checked by nbval.
 """
@@ -11,12 +11,13 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from capslib import notebook as nb
-from capslib import plots
-from capslib.config import profile
-from capslib.model import CapsNet
-from capslib.probes import ProbeResult
-from capslib.widgets import figure_png, slider_panels
+from capslib.book import plots, runner
+from capslib.book.chapters import ccm as ccm_ch
+from capslib.book.chapters import routing as routing_ch
+from capslib.book.widgets import figure_png, slider_panels
+from capslib.engine.config import profile
+from capslib.engine.model import CapsNet
+from capslib.engine.probes import ProbeResult
 
 ROW = {"config_hash": "0123456789ab", "profile": "smoke", "data.dataset": "fashion-mnist", "seed": 0,
        "device": "cpu", "device_name": "x86_64", "capslib_version": "0.1.0", "test_acc": 0.634,
@@ -63,15 +64,15 @@ def _probe(layers=("primary", "inter1", "class"), types=(3, 3, 10)) -> ProbeResu
 
 def test_every_figure_function_returns_a_figure(tiny):
     _, model, x = tiny
-    traces = nb.routing_traces(model, x, 3)
-    corrs = nb.layer_correlations(model, x)
-    grid = nb.grid_table({1: ROW, 2: ROW}, "r", precise=True)
-    ccm = nb.correlation_table({0.0: corrs, 0.1: corrs}, "α", {0.0: ROW, 0.1: ROW}, precise=True)
+    traces = routing_ch.routing_traces(model, x, 3)
+    corrs = ccm_ch.layer_correlations(model, x)
+    grid = runner.grid_table({1: ROW, 2: ROW}, "r", precise=True)
+    ccm = ccm_ch.correlation_table({0.0: corrs, 0.1: corrs}, "α", {0.0: ROW, 0.1: ROW}, precise=True)
     figures = [
         plots.squash_curve(),
         plots.activation_heatmap(_probe()),
         plots.activation_heatmaps({1: _probe(), 2: _probe()}, "r", title="t"),
-        plots.routing_evolution(nb.trace_table(traces).reset_index(), nb.trace_sample_table(traces), trained_r=2),
+        plots.routing_evolution(routing_ch.trace_table(traces).reset_index(), routing_ch.trace_sample_table(traces), trained_r=2),
         plots.accuracy_dead_panels(grid),
         plots.ccm_panels(ccm),
         plots.correlation_heatmaps(corrs),
@@ -86,49 +87,49 @@ def test_every_figure_function_returns_a_figure(tiny):
 # ------------------------------------------------------------------ analyses
 def test_routing_trace_is_the_layers_own_routing(tiny):
     _, model, x = tiny
-    check = nb.trace_matches_forward(model, x)
+    check = routing_ch.trace_matches_forward(model, x)
     assert list(check.index) == ["inter1", "class"]
     assert (check["max |v_trace - v_forward|"] == 0).all()
-    assert nb.layer_votes(model, x, "inter1").shape == (5 * 6 * 6, 3, 9 * 3, 4)
-    assert nb.layer_votes(model, x, "class").shape == (5, 10, 6 * 6 * 3, 16)
+    assert routing_ch.layer_votes(model, x, "inter1").shape == (5 * 6 * 6, 3, 9 * 3, 4)
+    assert routing_ch.layer_votes(model, x, "class").shape == (5, 10, 6 * 6 * 3, 16)
     with pytest.raises(ValueError):
-        nb.layer_votes(model, x, "primary")
+        routing_ch.layer_votes(model, x, "primary")
 
 
 def test_trace_summary_starts_uniform(tiny):
     _, model, x = tiny
-    traces = nb.routing_traces(model, x, 4)
+    traces = routing_ch.routing_traces(model, x, 4)
     y = torch.zeros(5, dtype=torch.long)
-    table = nb.trace_table(traces, y)
+    table = routing_ch.trace_table(traces, y)
     first = table.xs(1, level="r")
     assert np.allclose(first["entropy c"], 1.0)  # c = 1/J at r = 1
     assert math.isclose(first.loc["class", "max c"], 0.1, rel_tol=1e-5)
     assert math.isclose(first.loc["inter1", "max c"], 1 / 3, rel_tol=1e-5)
     assert table.loc["class", "acc"].notna().all() and table.loc["inter1", "acc"].isna().all()
-    assert len(nb.trace_sample_table(traces, max_samples=50)) == 2 * 4 * 50
+    assert len(routing_ch.trace_sample_table(traces, max_samples=50)) == 2 * 4 * 50
 
 
 def test_correlations_and_switch_table(tiny):
     _, model, x = tiny
-    corrs = nb.layer_correlations(model, x)
+    corrs = ccm_ch.layer_correlations(model, x)
     assert list(corrs) == ["conv1", "conv2", "conv3", "primary"]
     assert corrs["primary"].shape == (12, 12)
-    same = nb.switch_table((ROW, model, corrs), {"same": (ROW, model, corrs)})
+    same = ccm_ch.switch_table((ROW, model, corrs), {"same": (ROW, model, corrs)})
     assert (same.loc[[i for i in same.index if "Δ" in i], "same"] == 0).all()
     assert same.loc["test acc (%)", "same"] == 63
-    table = nb.correlation_table({0.0: corrs}, "α", {0.0: ROW})
+    table = ccm_ch.correlation_table({0.0: corrs}, "α", {0.0: ROW})
     assert table.loc[0.0, "test acc (%)"] == 63
 
 
 def test_grid_table_orders_layers_and_rounds():
-    table = nb.grid_table({3: ROW}, "r")
+    table = runner.grid_table({3: ROW}, "r")
     assert list(table.columns) == ["test acc (%)", "best val acc (%)", "dead primary (%)", "dead inter1 (%)",
                                    "dead class (%)"]
     assert table.loc[3].tolist() == [63, 64, 0, 25, 0]
 
 
 def test_squash_table_and_alpha_grid():
-    table = nb.squash_table()
+    table = routing_ch.squash_table()
     assert table.loc[0.0, "|v| = squash (code)"] == 0 and not table["NaN"].any()
     assert table.loc[1.0, "|v| = squash (code)"] == 0.5
-    assert nb.alpha_grid(0.1, [0.01, 0.1]) == [0.0, 0.01, 0.1]
+    assert ccm_ch.alpha_grid(0.1, [0.01, 0.1]) == [0.0, 0.01, 0.1]

@@ -1,4 +1,4 @@
-"""Prune plans and rebuild (capslib.pruning): the §3.4 rounding rule, channel choice, capsule-group mode,
+"""Prune plans and rebuild (capslib.pruning.prune): the §3.4 rounding rule, channel choice, capsule-group mode,
 params/MACs, the zero-channel identity, save/load, and every input error. No data files, tiny models."""
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from capslib.capsules import capsule_votes, unfold_capsules, use_fused_routing
-from capslib.chip import ci_scores
-from capslib.config import ModelConfig, profile
-from capslib.model import CapsNet, count_params
-from capslib.pruning import (LAYERS, PrunePlan, ci_layer_scores, count_macs, mac_breakdown, make_plan,
-                             plan_from_removed, params_of, prune_count, pruned_config, rebuild)
-from capslib.train import load_model
+from capslib.engine.capsules import capsule_votes, unfold_capsules, use_fused_routing
+from capslib.pruning.chip import ci_scores
+from capslib.engine.config import ModelConfig, profile
+from capslib.engine.model import CapsNet, count_params
+from capslib.pruning.prune import (LAYERS, PrunePlan, ci_layer_scores, count_macs, mac_breakdown, make_plan,
+                                   plan_from_removed, params_of, prune_count, pruned_config, rebuild)
+from capslib.engine.train import load_model
 
 MNIST = dict(in_channels=1, image_size=28)
 
@@ -277,7 +277,7 @@ def test_channel_mode_regroups_kept_channels_into_capsules():
         pre_old, caps_new = model(x).feature_maps["primary"], new(x).capsules["primary"]  # (B, 32, 6, 6), (B, 6, 6, 6, 4)
     kept = plan.layer("primary").kept
     for k in (0, 5, 13, 23):  # kept channel k -> capsule k // D, dim k % D
-        from capslib.routing import squash
+        from capslib.engine.routing import squash
         expected = squash(pre_old[:, list(kept)].view(2, 6, 4, 6, 6).permute(0, 3, 4, 1, 2))
         torch.testing.assert_close(caps_new[..., k // 4, k % 4], expected[..., k // 4, k % 4])
 
@@ -360,7 +360,7 @@ def test_rebuild_leaves_the_global_rng_alone_and_is_seeded():
 
 
 def test_pruned_model_saves_and_loads_like_any_capsnet(tmp_path):
-    """state_dict + RunConfig JSON -> capslib.train.load_model -> identical outputs."""
+    """state_dict + RunConfig JSON -> capslib.engine.train.load_model -> identical outputs."""
     run_cfg = profile("smoke", C=8, D=4, I=1)
     model = model_of(run_cfg.model)
     plan = make_plan(model, random_scores(run_cfg.model), 0.25)

@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 import torch
 
-from capslib.atomic import CheckpointError, load_checkpoint, read_json, save_atomic
+from capslib.engine.atomic import CheckpointError, load_checkpoint, read_json, save_atomic
 from capslib.cli import main
-from capslib.config import profile
-from capslib.report import report
-from capslib.results import ResultsStore, StoreDamagedError, StoreDamageWarning
+from capslib.engine.config import profile
+from capslib.experiments.report import report
+from capslib.experiments.results import ResultsStore, StoreDamagedError, StoreDamageWarning
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_TINY = dict(train_size=128, val_size=128, test_size=128, batch_size=64)
@@ -182,10 +182,11 @@ def test_unreadable_checkpoints_name_the_file_and_what_to_do(tmp_path, damage, w
 
 
 def test_a_damaged_last_pt_stops_fit_and_a_sweep_point_with_its_path(real_data_root, tmp_path):
-    from capslib.config import apply_overrides
-    from capslib.experiments import get_experiment
-    from capslib.sweeps import point_key, run_point
-    from capslib.train import fit
+    from capslib.engine.config import apply_overrides
+    from capslib.experiments.grids import get_experiment
+    from capslib.experiments.grids import point_key
+    from capslib.experiments.sweeps import run_point
+    from capslib.engine.train import fit
 
     cfg = profile("smoke", **TRAIN_TINY)
     ckpt = tmp_path / "ckpt"
@@ -207,7 +208,7 @@ def test_a_damaged_last_pt_stops_fit_and_a_sweep_point_with_its_path(real_data_r
 
 
 def test_a_truncated_result_json_names_the_file(tmp_path):
-    from capslib.pipeline import _Runner
+    from capslib.experiments.pipeline import _Runner
 
     cfg = profile("smoke", **TRAIN_TINY)
     stage = tmp_path / "base-abc"
@@ -291,7 +292,7 @@ def test_a_claim_left_by_kill_9_is_taken_over(real_data_root, tmp_path):
 
 
 def test_claims_of_other_hosts_go_stale_only_without_heartbeat(tmp_path):
-    from capslib.sweeps import PointClaims
+    from capslib.experiments.sweeps import PointClaims
 
     store = ResultsStore(tmp_path / "s.csv")
     mine = PointClaims(store, stale_after=30)
@@ -340,7 +341,7 @@ def test_an_unplannable_pruning_ratio_is_refused_before_training(tmp_path):
 
 
 def test_a_sweep_with_an_unplannable_point_runs_nothing(tmp_path):
-    from capslib.sweeps import sweep
+    from capslib.experiments.sweeps import sweep
 
     with pytest.raises(ValueError, match=r"cannot be planned; nothing was run:\n  seed=0 prune .*PR=0.25"):
         sweep("table1", profile="smoke", overrides=dict(backbone_widths=(4, 4, 4)), results_root=tmp_path,
@@ -354,7 +355,7 @@ def test_a_sweep_with_an_unplannable_point_runs_nothing(tmp_path):
 def test_papermill_failures_carry_the_notebooks_error(tmp_path):
     import nbformat
 
-    from capslib.batch import run_batch
+    from capslib.book.batch import run_batch
 
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("X = 1")
@@ -391,7 +392,7 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 
 def test_nan_in_epoch_1_says_no_checkpoint_exists(real_data_root, tmp_path):
-    from capslib.train import TrainingDiverged, fit
+    from capslib.engine.train import TrainingDiverged, fit
 
     with pytest.raises(TrainingDiverged) as err:
         fit(profile("smoke", **TRAIN_TINY, lr=1e30), checkpoint_dir=tmp_path, progress=False)
@@ -442,7 +443,7 @@ class _Planted:
 
 
 def test_a_planted_cifar10_pickle_is_refused_unopened(tmp_path, monkeypatch):
-    from capslib.data import DatasetUnavailableError, load_raw
+    from capslib.engine.data import DatasetUnavailableError, load_raw
 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("CAPSLIB_TEST_MARKER", str(marker))

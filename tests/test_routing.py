@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from capslib.capsules import ClassCaps, ConvCaps
-from capslib.routing import RoutingTrace, dynamic_routing, squash
+from capslib.engine.capsules import ClassCaps, ConvCaps
+from capslib.engine.routing import RoutingTrace, dynamic_routing, squash
 
 torch.set_default_dtype(torch.float32)
 
@@ -179,7 +179,7 @@ def test_recompute_gives_identical_values_and_gradients(cls, args, shape):
 
 @pytest.mark.parametrize("iters", [1, 2, 3])
 def test_fused_routing_backward_passes_gradcheck(iters):
-    from capslib.routing import _RoutingFunction
+    from capslib.engine.routing import _RoutingFunction
 
     torch.manual_seed(iters)
     u = (torch.randn(2, 3, 5, 4, dtype=torch.float64) * 0.8).requires_grad_()
@@ -209,7 +209,7 @@ def test_fused_routing_equals_the_autograd_loop(iters):
 def test_convcaps_gradients_equal_the_unfused_contiguous_path():
     """ConvCaps' PyTorch path (strided votes + hand-written routing backward) against the plain
     composition with autograd's loop. The fused CPU kernel has its own tests (test_fused_routing.py)."""
-    from capslib.capsules import capsule_votes, unfold_capsules
+    from capslib.engine.capsules import capsule_votes, unfold_capsules
 
     torch.manual_seed(3)
     layer = ConvCaps(Cin=3, Din=4, Cout=5, Dout=4, iters=3, init_std=0.5, recompute=False)

@@ -1,4 +1,4 @@
-"""EM, self- and VB routing (capslib.routing_alt): invariants, slow loop references, the model with
+"""EM, self- and VB routing (capslib.engine.routing_alt): invariants, slow loop references, the model with
 scalar activations, probes, the seed-002 depth study, and a real Fashion-MNIST accuracy check.
 
 The references below are plain Python loops over capsules written from the papers' formulas
@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from capslib.config import ConfigError, ModelConfig, profile
-from capslib.model import CapsNet
-from capslib.probes import ActivationProbe, probe_model
-from capslib.routing_alt import (EMClassCaps, EMConvCaps, SelfRoutingClassCaps, SelfRoutingConvCaps, VBClassCaps,
-                                 VBConvCaps, em_routing, self_routing, spread_loss, spread_margin,
-                                 vb_routing)
+from capslib.engine.config import ConfigError, ModelConfig, profile
+from capslib.engine.model import CapsNet
+from capslib.engine.probes import ActivationProbe, probe_model
+from capslib.engine.routing_alt import (EMClassCaps, EMConvCaps, SelfRoutingClassCaps, SelfRoutingConvCaps, VBClassCaps,
+                                        VBConvCaps, em_routing, self_routing, spread_loss, spread_margin,
+                                        vb_routing)
 
 torch.set_default_dtype(torch.float32)
 EPS = 1e-6
@@ -271,7 +271,7 @@ def test_model_zero_image_no_nan_train_and_eval(routing):
 
 
 def test_em_inverse_temperature_schedule_and_spread_loss():
-    from capslib.routing_alt import em_lambda
+    from capslib.engine.routing_alt import em_lambda
 
     assert [round(em_lambda(t, 0.01), 6) for t in range(3)] == [0.0005, 0.000975, 0.001426]
     assert spread_margin(0) == pytest.approx(0.2) and spread_margin(1) == pytest.approx(0.9)
@@ -477,7 +477,7 @@ def test_probe_model_reads_the_model_activations():
 # -------------------------------------------------------------------- depth study (tiny, real data)
 
 def test_seed002_experiment_grid():
-    from capslib.experiments import EXPERIMENTS
+    from capslib.experiments.grids import EXPERIMENTS
 
     exp = EXPERIMENTS["seed002_depth"]
     smoke, full = exp.grid("smoke"), exp.grid("fmnist")
@@ -497,9 +497,10 @@ TINY = dict(train_size=256, val_size=128, test_size=128, epochs=2, batch_size=64
 def test_depth_study_rows_frame_and_figures(real_data_root, tmp_path):
     from matplotlib.figure import Figure
 
-    from capslib.depth_study import (activation_panels, deepest_runs, depth_frame, depth_study,
-                                     plot_capsule_activation_grid, plot_capsule_activations, plot_depth_study)
-    from capslib.results import ResultsStore
+    from capslib.book.chapters.routing import (activation_panels, deepest_runs, plot_capsule_activation_grid,
+                                               plot_capsule_activations, plot_depth_study)
+    from capslib.experiments.depth_study import depth_frame, depth_study
+    from capslib.experiments.results import ResultsStore
 
     rows = depth_study("self", depths=(1, 2), profile="smoke", results_root=str(tmp_path), **TINY)
     assert [r["model.I"] for r in rows] == [1, 2]
@@ -536,9 +537,9 @@ def test_depth_study_rows_frame_and_figures(real_data_root, tmp_path):
 
 def test_sweep_point_and_depth_study_share_rows(real_data_root, tmp_path):
     """A seed002_depth sweep point writes the row depth_study would (same key, same activations)."""
-    from capslib.depth_study import depth_config, depth_study
-    from capslib.experiments import seed002_point
-    from capslib.sweeps import run_point
+    from capslib.experiments.depth_study import depth_config, depth_study
+    from capslib.experiments.grids import seed002_point
+    from capslib.experiments.sweeps import run_point
 
     cfg = depth_config("em", 1, **TINY)
     (row,) = run_point("seed002_depth", seed002_point("em", 1, "smoke"), cfg, checkpoint_root=str(tmp_path / "ck"))
@@ -551,9 +552,9 @@ def test_sweep_point_and_depth_study_share_rows(real_data_root, tmp_path):
 
 def test_snapshots_resume_after_a_crash(real_data_root, tmp_path):
     """Killed after epoch 1 (before or after its snapshot was saved), a run resumes to the same numbers."""
-    from capslib.data import load_splits
-    from capslib.depth_study import depth_config, fit_with_snapshots
-    from capslib.train import fit
+    from capslib.engine.data import load_splits
+    from capslib.experiments.depth_study import depth_config, fit_with_snapshots
+    from capslib.engine.train import fit
 
     cfg = depth_config("vb", 1, **TINY)
     data = load_splits(cfg.data)
@@ -580,7 +581,7 @@ def test_snapshots_resume_after_a_crash(real_data_root, tmp_path):
 
 
 def test_routing_comparison_trains_once_then_reads(real_data_root, tmp_path):
-    from capslib.depth_study import depth_frame, routing_comparison
+    from capslib.experiments.depth_study import depth_frame, routing_comparison
 
     tiny = dict(train_size=128, val_size=64, test_size=64, epochs=1, batch_size=64)
     kw = dict(routings=("self", "dynamic"), depths=(1,), profile="smoke", results_root=str(tmp_path), **tiny)
@@ -603,9 +604,9 @@ def test_real_fashion_mnist_depth1_beats_chance_by_40_points(real_data_root, rou
     5,000 real Fashion-MNIST images, Adam lr 3e-3 (the seed002_depth smoke point, with one epoch on the
     smoke profile's 5,000 images instead of its two on 2,000): >= 50% on 1,000
     test images. Spread loss for EM and VB, margin loss for self-routing (train.loss="auto")."""
-    from capslib.config import apply_overrides
-    from capslib.experiments import seed002_point
-    from capslib.train import fit
+    from capslib.engine.config import apply_overrides
+    from capslib.experiments.grids import seed002_point
+    from capslib.engine.train import fit
 
     cfg = apply_overrides(seed002_point(routing, 1, "smoke").config("smoke"), epochs=1, train_size=5000, val_size=1000)
     assert (cfg.model.C, cfg.model.D, cfg.model.I, cfg.train.epochs, cfg.train.lr) == (4, 9, 1, 1, 0.003)

@@ -1,4 +1,4 @@
-"""Kernel cosine similarity and similarity pruning with weight folding (capslib.similarity).
+"""Kernel cosine similarity and similarity pruning with weight folding (capslib.pruning.similarity).
 
 Exactness claims checked on a tiny eval-mode CapsNet:
 * duplicate channel (same kernel, bias, BN params/stats) in conv1/conv2/conv3:
@@ -15,19 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from capslib.config import ModelConfig
-from capslib.model import CapsNet
-from capslib.similarity import (
-    LAYER_NAMES,
-    capsule_type_kernels,
-    effective_kernels,
-    kernel_similarity,
-    layer_similarities,
-    min_cosine_distance,
-    min_cosine_distances,
-    similarity_plan,
-    similarity_prune_layer,
-)
+from capslib.engine.config import ModelConfig
+from capslib.engine.model import CapsNet
+from capslib.pruning.similarity import (
+                                        LAYER_NAMES,
+                                        capsule_type_kernels,
+                                        effective_kernels,
+                                        kernel_similarity,
+                                        layer_similarities,
+                                        min_cosine_distance,
+                                        min_cosine_distances,
+                                        similarity_plan,
+                                        similarity_prune_layer,
+                                        )
 
 TOL = 1e-5
 WIDTHS = (4, 6, 8)  # conv1..conv3; PrimaryCaps has C·D = 3·2 = 6 channels

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from capslib.experiments import EXPERIMENTS, PAPER_TABLES
-from capslib.report import report
-from capslib.results import ResultsStore
-from capslib.sweeps import parse_overrides, sweep
+from capslib.experiments.grids import EXPERIMENTS, PAPER_TABLES
+from capslib.experiments.report import report
+from capslib.experiments.results import ResultsStore
+from capslib.experiments.sweeps import parse_overrides, sweep
 
 TINY = dict(train_size=256, val_size=128, test_size=128, batch_size=64)
 TIMING_AND_PROVENANCE = {"wall_time", "timestamp", "device", "device_name", "torch_version", "cuda_version",
@@ -75,7 +75,7 @@ def test_failed_points_are_retried_recorded_and_the_sweep_goes_on(tmp_path, monk
 
 WRITER = textwrap.dedent("""
     import hashlib, sys
-    from capslib.results import ResultsStore
+    from capslib.experiments.results import ResultsStore
     store = ResultsStore(sys.argv[1])
     i = 0
     while True:
@@ -155,7 +155,7 @@ def test_ray_backend_gives_the_same_rows_as_local(real_data_root, tmp_path):
 
 
 def test_papermill_batch_runs_notebooks_and_collects_rows(real_data_root, tmp_path):
-    from capslib.batch import run_batch
+    from capslib.book.batch import run_batch
 
     nb = Path(__file__).parent / "fixtures" / "batch" / "tiny.ipynb"
     res = run_batch(nb, {"C": [4, 6], "D": [4]}, runs_dir=tmp_path, progress=False)
@@ -185,7 +185,7 @@ def test_report_joins_paper_and_ours_with_deltas(tmp_path):
 
 
 def test_parse_row_reads_numbers_booleans_and_json_but_keeps_keys_as_text():
-    from capslib.results import parse_row
+    from capslib.experiments.results import parse_row
 
     row = parse_row({"config_hash": "012345678901", "run_key": "1234", "capslib_version": "0.1.0",
                      "test_acc": "0.5", "model.C": "8", "collapsed": "False", "amp": "true",
@@ -217,9 +217,9 @@ def test_every_named_experiment_runs_under_smoke(real_data_root, tmp_path, name)
 
 
 def test_cache_key_changes_when_the_library_changes(monkeypatch):
-    import capslib.results as results
-    from capslib.config import profile
-    from capslib.provenance import capslib_version
+    import capslib.experiments.results as results
+    from capslib.engine.config import profile
+    from capslib.engine.provenance import capslib_version
 
     cfg = profile("smoke")
     assert "+" in capslib_version()  # release + source fingerprint

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from capslib.config import profile
-from capslib.data import load_splits
-from capslib.train import TrainingDiverged, fit, load_model
+from capslib.engine.config import profile
+from capslib.engine.data import load_splits
+from capslib.engine.train import TrainingDiverged, fit, load_model
 
 
 def tiny(**kw):
@@ -59,7 +59,7 @@ def test_resume_refuses_another_config(tiny_data, tmp_path):
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
-    from capslib.model import CapsNet
+    from capslib.engine.model import CapsNet
 
     cfg = tiny(epochs=3)
     torch.manual_seed(cfg.train.seed)

@@ -1,0 +1,417 @@
+"""The verdict page: one stated verdict per claim of the paper and its seeds - reproduced / not
+reproduced / explained by ... / inconclusive / untestable here (CIFAR-10) - with its evidence, scale,
+seeds and what would change it (:class:`Verdict`, :func:`grade`, :func:`verdicts`, :func:`verdict_table`,
+:func:`verdict_markdown`). It reads the committed rows (:mod:`capslib.book.collapse_runs`, the depth
+limits, the paper-table sweeps); it trains nothing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
+from ..params import RUNS_PROFILE
+from .collapse import depth_limit_table, load_depth_limits
+
+
+# ======================================================================================
+# Verdicts
+# ======================================================================================
+@dataclass
+class Verdict:
+    """One claim and what the committed rows say about it.
+
+    ``verdict`` is one of :data:`VERDICTS` (``explained by …`` spelled out); ``evidence``: which rows
+    (files, dataset, profile, seeds, device) and what they show; ``scale``: the scale of that evidence;
+    ``seeds``: seeds per decisive point (min over points; 0 when none); ``control``: the run that could
+    refute the claim; ``would_change``: what would change the verdict (for "inconclusive": which
+    committed rows would decide it).
+    """
+
+    claim: str
+    source: str
+    verdict: str
+    evidence: str
+    scale: str
+    seeds: int
+    control: str
+    would_change: str
+    paper: str = ""
+    details: dict = field(default_factory=dict)
+
+
+def grade(*, supported: Optional[bool], n_seeds: int, control_seen: bool, scale: str,
+          explained_by: Optional[str] = None) -> str:
+    """The verdict rule, in order:
+
+    1. evidence only on CIFAR-10, which is not available here: "untestable here (CIFAR-10)";
+    2. only smoke-scale rows: "inconclusive (smoke scale)" - a smoke number is never a reproduction;
+    3. fewer than :data:`MIN_SEEDS` seeds at a decisive point, no control run, or no outcome yet:
+       "inconclusive";
+    4. the effect is absent: "not reproduced";
+    5. the effect is there but the control shows another cause: "explained by <cause>";
+    6. else "reproduced".
+    """
+    if scale == "cifar10":
+        return "untestable here (CIFAR-10)"
+    if scale == "smoke":
+        return "inconclusive (smoke scale)"
+    if supported is None or n_seeds < MIN_SEEDS or not control_seen:
+        return "inconclusive"
+    if not supported:
+        return "not reproduced"
+    if explained_by:
+        return f"explained by {explained_by}"
+    return "reproduced"
+
+
+#: What a rescue control that trains shows: a narrower net from scratch (C' < 20), or the C = 20 net on
+#: the CCM-trained backbone with fresh ConvCaps, unpruned.
+_RESCUE_CAUSE_NARROW = "fewer capsule types C' (a larger per-layer length gain ≈ 9σ²D/C')"
+_RESCUE_CAUSE_BACKBONE = "the trained backbone (the unpruned C = 20 net on it trains too)"
+
+
+def _collapse_pair(summary: pd.DataFrame) -> tuple[Optional[pd.Series], Optional[pd.Series]]:
+    """(below, at) the collapse: the collapse claim's control point (one layer below the limit) and its
+    shallowest test point (at the limit), whatever the points are labelled."""
+    pts = summary[summary["claim"] == "collapse"] if "claim" in summary else summary.iloc[0:0]
+    ctrl, test = pts[pts["role"] == "control"], pts[pts["role"] == "test"]
+    below = ctrl.sort_values("I").iloc[-1] if len(ctrl) else None
+    at = test.sort_values("I").iloc[0] if len(test) else None
+    return below, at
+
+
+def _frac(collapsed: str) -> Optional[float]:
+    if not collapsed:
+        return None
+    k, n = collapsed.split("/")
+    return int(k) / int(n) if int(n) else None
+
+
+def _limits_row(table: pd.DataFrame, preset: str, C: int, D: int, pr: float = 0.0) -> Optional[pd.Series]:
+    if table.empty:
+        return None
+    hit = table[(table["preset"] == preset) & (table["C"] == C) & (table["D"] == D) & (table["PR"] == pr)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _labels(summary: pd.DataFrame, claim: str, role: Optional[str] = None) -> str:
+    """The labels of the points deciding ``claim`` (of one ``role`` if given), for a verdict's text."""
+    rows = summary[(summary["claim"] == claim) & ((summary["role"] == role) if role else True)]
+    return " / ".join(f"`{p}`" for p in rows["point"]) or "(none in the grid)"
+
+
+def _store_grade(scale: str, seeds: int) -> str:
+    """The verdict of a claim that rests on a results store's rows alone (no decisive point): smoke and
+    missing stores are inconclusive, and so is anything else until a point decides it."""
+    return grade(supported=None, n_seeds=seeds, control_seen=False,
+                 scale=scale if scale in ("smoke", "none") else "full")
+
+
+def _points_text(summary: pd.DataFrame, claim: str) -> str:
+    rows = summary[summary["claim"] == claim]
+    parts = []
+    for _, r in rows.iterrows():
+        if r["seeds"] == 0:
+            parts.append(f"{r['point']} ({r['role']}): runs in progress")
+        else:
+            sd = "" if pd.isna(r["± std"]) else f" ± {r['± std']:.1f}"
+            parts.append(f"{r['point']} ({r['role']}): {r['test acc (%)']:.1f}{sd} % over {r['seeds']} seed{'s' if r['seeds'] != 1 else ''} "
+                         f"({r['seed list']}), collapsed {r['collapsed']}, {r['dataset']}, profile {r['profile']}, "
+                         f"{r['device']}")
+    return "; ".join(parts)
+
+
+def _store_scale(root: Path, table: str) -> tuple[str, list[str], int]:
+    """(scale, profiles with rows, max seeds) of ``results/<table>/``: "full" when an fmnist or paper store
+    has rows, "smoke" when only smoke rows exist, "none" otherwise."""
+    found, seeds = [], 0
+    for prof in ("paper", "fmnist", "smoke"):
+        p = root / table / f"{prof}.csv"
+        if p.is_file():
+            df = pd.read_csv(p)
+            if len(df):
+                found.append(prof)
+                if "seed" in df:
+                    seeds = max(seeds, int(df["seed"].nunique()))
+    scale = "full" if {"paper", "fmnist"} & set(found) else ("smoke" if found else "none")
+    return scale, found, seeds
+
+
+def _seed002_smoke_text(root: Path) -> str:
+    """What seed 002's smoke rows show: mean dead share of the ConvCaps types per routing and depth."""
+    p = root / "seed002_depth" / "smoke.csv"
+    if not p.is_file():
+        return "no rows"
+    df = pd.read_csv(p)
+    parts = []
+    for routing, g in df.groupby("routing", sort=False):
+        cells = []
+        for _, r in g.sort_values("depth").iterrows():
+            try:
+                dead = json.loads(r["dead_002"])
+            except (TypeError, ValueError):
+                continue
+            inter = [v for k, v in dead.items() if k.startswith("inter")]
+            if inter:
+                cells.append(f"I={int(r['depth'])}: {100 * np.mean(inter):.0f} %")
+        parts.append(f"{routing} " + ", ".join(cells))
+    return "; ".join(parts)
+
+
+def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None,
+             summary: Optional[pd.DataFrame] = None, limits: Optional[pd.DataFrame] = None) -> list[Verdict]:
+    """One :class:`Verdict` per claim, from the committed rows under ``root`` (default ``results/``).
+
+    ``summary`` (:func:`run_summary` of the decisive runs) and ``limits`` (:func:`depth_limit_table`) may
+    be passed in (tests); by default they are read from ``collapse/<runs_profile>.csv`` and
+    ``depth_limits/fmnist.csv``.
+    """
+    root = results_root(root)
+    if summary is None:
+        summary = run_summary(load_collapse(runs_profile, root), collapse_points(runs_profile))
+    raw_limits = load_depth_limits(root) if limits is None else None
+    if limits is None:
+        limits = depth_limit_table(raw_limits)
+    store = f"`results/collapse/{runs_profile}.csv`"
+    out: list[Verdict] = []
+
+    # --- 1. CapsNet[20, 8] collapses at I >= 7 (Table 2) ----------------------------------------------
+    i6, i7 = _collapse_pair(summary)
+    n = min(int(i6["seeds"]) if i6 is not None else 0, int(i7["seeds"]) if i7 is not None else 0)
+    f6 = _frac(i6["collapsed"]) if i6 is not None and i6["seeds"] else None
+    f7 = _frac(i7["collapsed"]) if i7 is not None and i7["seeds"] else None
+    supported = None if f6 is None or f7 is None else (f7 == 1.0 and f6 == 0.0)
+    lim = _limits_row(limits, "authors", 20, 8)
+    init = (f"initialisation screen, authors' settings (ConvCaps std 0.5, class std 0.1, ε 1e-6, their layouts), "
+            f"float32: first exactly-zero class layer at I = {lim['first dead I']} over {lim['runs']} screens "
+            f"({lim['seeds']} seeds), i.e. max trainable I = {lim['max trainable I']} "
+            f"(paper: {lim['paper max I']})") if lim is not None else "no initialisation-screen row yet"
+    explained = "the length cliff at initialisation (class lengths exactly 0, gradient exactly 0)" \
+        if supported and lim is not None and lim["max trainable I"] == "6" else None
+    out.append(Verdict(
+        claim="CapsNet[C=20, D=8] collapses to chance at I ≥ 7 and trains at I = 6",
+        source="paper 000, Table 2, Table 3 (PR 0), Fig. 2",
+        paper="I = 6: 76.2 %; I = 7..10: 10 % (CIFAR-10)",
+        verdict=grade(supported=supported, n_seeds=n, control_seen=i6 is not None and i6["seeds"] > 0,
+                      scale="full", explained_by=explained),
+        evidence=f"{_points_text(summary, 'collapse')}. Mechanism: {init} (`results/depth_limits/fmnist.csv`).",
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], profile {runs_profile}",
+        seeds=n,
+        control="CapsNet[20, 8, 6] with the same init and budget must train (else the collapse is not specific "
+                "to I ≥ 7); the init std (0.3 collapses earlier, 0.7 not at all: slider below) is the lever.",
+        would_change=(f"Decided by {store} rows of points {_labels(summary, 'collapse', 'control')} (below the "
+                      f"limit) and {_labels(summary, 'collapse', 'test')} (at and beyond it), ≥ {MIN_SEEDS} seeds "
+                      "each: reproduced if every seed at the limit sits at chance and no seed below it does; not "
+                      "reproduced if the limit's depth trains in any seed or the depth below it collapses. It is CIFAR-10 in the paper: a Fashion-MNIST "
+                      "result tests the mechanism, not the paper's accuracies."),
+        details={"supported": supported, "init": init}))
+
+    # --- 2. PR 0.125-0.375 rescues I = 7 (Table 3) ----------------------------------------------------
+    tests = summary[(summary["claim"] == "rescue") & (summary["role"] == "test")]
+    ctrls = summary[(summary["claim"] == "rescue") & (summary["role"] == "control")]
+    n_t = int(tests["seeds"].min()) if len(tests) else 0
+    n_c = int(ctrls["seeds"].min()) if len(ctrls) else 0
+    rescued = None
+    if len(tests) and (tests["seeds"] > 0).all():
+        rescued = all(_frac(c) == 0.0 for c in tests["collapsed"])
+    ctrl_trains, causes = None, []
+    if len(ctrls) and (ctrls["seeds"] > 0).all():
+        trained = ctrls[[_frac(c) == 0.0 for c in ctrls["collapsed"]]]
+        ctrl_trains = bool(len(trained))
+        for C_ctrl in sorted(set(int(c) for c in trained["C"])):  # each control that trains: what it changes
+            causes.append(_RESCUE_CAUSE_NARROW if C_ctrl != 20 else _RESCUE_CAUSE_BACKBONE)
+    base_collapses = f7 == 1.0 if f7 is not None else None
+    supported = None if rescued is None or base_collapses is None else (rescued and base_collapses)
+    out.append(Verdict(
+        claim="Pruning at PR 0.125–0.375 rescues CapsNet[C=20, D=8, I=7]",
+        source="paper 000, Table 3, Figs. 4–5",
+        paper="I = 7: 10 % unpruned, 79.3 / 79.6 / 79.2 % at PR 0.125 / 0.25 / 0.375 (CIFAR-10)",
+        verdict=grade(supported=supported, n_seeds=min(n_t, n_c, n), control_seen=n_c > 0, scale="full",
+                      explained_by=(" and ".join(dict.fromkeys(causes)) + ", not by which channels CCM + CHIP "
+                                    "keep") if ctrl_trains else None),
+        evidence=_points_text(summary, "rescue") + ". At initialisation a prune is a smaller, freshly initialised "
+                 "CapsNet[C', 8]: see the PR slider above.",
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], profile {runs_profile}",
+        seeds=min(n_t, n_c, n),
+        control=f"{_labels(summary, 'rescue', 'control')}: no CHIP selection (a fresh, unpruned CapsNet[C', 8, 7] "
+                "with the C' a prune leaves, and the pretrained backbone kept whole). If they train too, the rescue "
+                "is explained by C' or by the pretrained backbone, not by pruning.",
+        would_change=(f"Decided by {store} rows of {_labels(summary, 'rescue', 'test')} and the controls, "
+                      f"≥ {MIN_SEEDS} seeds each: reproduced if the pruned models train and every control "
+                      "collapses; explained by what a control changes if it trains too (fewer types C′ from "
+                      "scratch, or the trained backbone kept whole); not reproduced if the pruned models collapse."),
+        details={"rescued": rescued, "control_trains": ctrl_trains}))
+
+    # --- 3. Higher PR allows more depth (Fig. 6) ------------------------------------------------------
+    pr_rows = [(pr, _limits_row(limits, "authors", 20, 8, pr)) for pr in (0.0, 0.125, 0.25, 0.375)]
+    have = [(pr, r) for pr, r in pr_rows if r is not None]
+    cp = "C'"
+    init_txt = ("initialisation screen, authors' settings, float32: max trainable I " +
+                ", ".join(f"PR {pr:g} (C' = {r[cp]}): {r['max trainable I']} over {r['seeds']} "
+                          f"seeds (paper {r['paper max I']})" for pr, r in have)) if have else \
+        "no initialisation-screen rows for the authors' pruned configs yet"
+    dl = summary[(summary["claim"] == "depth")] if "claim" in summary else summary.iloc[0:0]
+    out.append(Verdict(
+        claim="The higher the pruning ratio, the deeper CapsNet[C=20, D=8] can go (max I 6 → 7, 9, 12)",
+        source="paper 000, Fig. 6, §4.3",
+        paper="max I: 6 (PR 0), 7 (0.125), 9 (0.25), 12 (0.375) (CIFAR-10)",
+        verdict=grade(supported=None, n_seeds=int(dl["seeds"].min()) if len(dl) else 0, control_seen=False,
+                      scale="full"),
+        evidence=init_txt + " (`results/depth_limits/fmnist.csv`). No trained depth search with pruning at "
+                 "paper scale is committed.",
+        scale="Fashion-MNIST, initialisation screens only",
+        seeds=int(have[0][1]["seeds"]) if have else 0,
+        control="The same depth search on fresh, unpruned CapsNet[C', 8] (C' = 18, 15, 13): if it reaches the "
+                "same depths, depth follows C', not pruning.",
+        would_change=("Decided by trained depth searches with pruning (points of kind 'depth' at PR 0.125, "
+                      f"0.25, 0.375 and their C' controls, ≥ {MIN_SEEDS} seeds, in {store} or "
+                      "`results/table5/fmnist.csv`). The init screen alone predicts, it does not decide: a "
+                      "pruned model keeps its trained backbone, which the screen cannot see."),
+        details={"init": init_txt}))
+
+    # --- 4. Table 1's trends --------------------------------------------------------------------------
+    scale1, profs1, seeds1 = _store_scale(root, "table1")
+    out.append(Verdict(
+        claim="Table 1's trends: accuracy rises then falls with PR; doubling C or D raises accuracy",
+        source="paper 000, Table 1, §4",
+        paper="e.g. [C=10, D=8]: 73.92 % (PR 0) → 74.71 % (PR 0.5) → 73.84 % (PR 0.75) (CIFAR-10)",
+        verdict=_store_grade(scale1, seeds1),
+        evidence=(f"`results/table1/` holds only {', '.join(profs1) or 'no'} rows "
+                  f"({seeds1} seed{'s' if seeds1 != 1 else ''}; smoke: CapsNet[C=8, D=4 and 8], one epoch, "
+                  "Fashion-MNIST subset): a code-path check, not a test of the trend."),
+        scale="smoke" if scale1 == "smoke" else scale1,
+        seeds=seeds1,
+        control="PR 0 trained for the same total epochs as base + CCM + retrain (the pruned cells get three "
+                "times the training), so that a gain is not just more training.",
+        would_change=(f"`results/table1/fmnist.csv` with ≥ {MIN_SEEDS} seeds per cell would test the trends on "
+                      "Fashion-MNIST; the paper's accuracies themselves are CIFAR-10 and untestable here. "
+                      "Differences of 0.2–1.5 points need their seed spread to mean anything."),
+        details={"profiles": profs1}))
+
+    # --- 5. Table 5's limits --------------------------------------------------------------------------
+    cfgs5 = [(20, 10), (20, 8), (20, 6), (16, 6), (10, 6), (10, 8)]
+    t5 = [(c, d, _limits_row(limits, "authors", c, d)) for c, d in cfgs5]
+    t5_txt = ", ".join(f"[{c}, {d}]: {r['max trainable I']} (paper {r['paper max I']}, {r['seeds']} seeds)"
+                       for c, d, r in t5 if r is not None)
+    missing5 = [f"[{c}, {d}]" for c, d, r in t5 if r is None]
+    scale5, profs5, seeds5 = _store_scale(root, "table5")
+    out.append(Verdict(
+        claim="Table 5's maximum depths without pruning: 4 to > 30, deeper with larger D at fixed C and with "
+              "smaller C at fixed D",
+        source="paper 000, Table 5",
+        paper="[20,10]: 8, [20,8]: 6, [20,6]: 4, [16,6]: 5, [10,6]: 7, [10,8]: > 30 (CIFAR-10)",
+        verdict=grade(supported=None, n_seeds=0, control_seen=False,
+                      scale="smoke" if scale5 == "smoke" and not any(r is not None for _, _, r in t5) else "full"),
+        evidence=("Initialisation screen, authors' settings, float32, max trainable I: " + (t5_txt or "none yet")
+                  + (f"; not screened yet: {', '.join(missing5)}" if missing5 else "")
+                  + f" (`results/depth_limits/fmnist.csv`). Trained depth searches: `results/table5/` holds "
+                  f"{', '.join(profs5) or 'no'} rows only."),
+        scale="Fashion-MNIST initialisation screens; smoke-scale training",
+        seeds=min((int(r["seeds"]) for _, _, r in t5 if r is not None), default=0),
+        control="The init screen in float64 (a float32 underflow would move the limit) and at the default std "
+                "0.3 (every config collapses at 4–5 layers: the limits are set by the init, not by C and D alone).",
+        would_change=(f"`results/table5/fmnist.csv` (trained depth searches, ≥ {MIN_SEEDS} seeds per config) "
+                      "decides it; until then the init screen is a prediction. A trained limit one layer below "
+                      "the screen's is expected where the PrimaryCaps gradient is below Adam's ε."),
+        details={"missing": missing5}))
+
+    # --- 6. Seed 002 ----------------------------------------------------------------------------------
+    scale2, profs2, seeds2 = _store_scale(root, "seed002_depth")
+    out.append(Verdict(
+        claim="Dead capsules grow with depth under EM, self- and VB routing (and accuracy falls)",
+        source="seed 002 (Everett et al.), Figs. 1–5",
+        paper="more dead capsules at more ConvCaps layers, 1..10, on MNIST, Fashion-MNIST, CIFAR-10, "
+              "smallNORB, ImageWoof (figures, no table)",
+        verdict=_store_grade(scale2, seeds2),
+        evidence=(f"`results/seed002_depth/` holds {', '.join(profs2) or 'no'} rows only ({seeds2} seed; "
+                  "C = 4, D = 9, I = 1..3, two epochs on a Fashion-MNIST subset). Dead ConvCaps types "
+                  f"(seed 002's definition): {_seed002_smoke_text(root)}."),
+        scale="smoke",
+        seeds=seeds2,
+        control="Dynamic routing at the same depths and budget (the main paper's), and depth 1 of each routing.",
+        would_change=(f"`results/seed002_depth/fmnist.csv`: 16 types, 4×4 poses, depths 1..10, ≥ {MIN_SEEDS} seeds "
+                      "per (routing, depth). Fashion-MNIST is one of seed 002's datasets, so this is testable here."),
+        details={"profiles": profs2}))
+
+    # --- 7. Seed 004 ----------------------------------------------------------------------------------
+    out.append(Verdict(
+        claim="Kernel cosine similarity measures redundancy: fewer kernels → higher minimum cosine distance "
+              "(capsule network conv layers)",
+        source="seed 004 (T. Wang), §4.3, Figs. 14–15",
+        paper="negative correlation between kernels per layer and minimum cosine distance (DHCD, 46 classes)",
+        verdict=grade(supported=None, n_seeds=1, control_seen=False, scale="smoke"),
+        evidence=("The kernels chapter computes seed 004's measure on the smoke models of the Table 1 sweep "
+                  "(`results/table1/smoke.csv`, seed 0, one epoch); no paper-scale model is scored. Seed 004's "
+                  "dataset (DHCD) is not available here."),
+        scale="smoke",
+        seeds=1,
+        control="The same measure on untrained (initial) kernels of the same widths: random kernels in fewer "
+                "dimensions also have larger minimum distances.",
+        would_change=(f"Trained CapsNets at several backbone widths (e.g. the Table 1 configs, "
+                      f"`results/table1/fmnist.csv`, ≥ {MIN_SEEDS} seeds) scored against their initial kernels; "
+                      "DHCD itself is untestable here."),
+        details={}))
+
+    # --- H. The companion's mechanism: precision does not move the cliff, an init remedy does ---------
+    prec = summary[summary["claim"] == "precision"].sort_values("I")
+    rem = summary[summary["claim"] == "remedy"]
+    h_pts = pd.concat([prec, rem])
+    n_h = int(h_pts["seeds"].min()) if len(h_pts) else 0
+    beyond = prec.iloc[-1] if len(prec) else None  # float64 one layer beyond the float32 limit
+    f64_dies = _frac(beyond["collapsed"]) == 1.0 if beyond is not None and beyond["seeds"] else None
+    rem_fracs = [_frac(c) for c, k in zip(rem["collapsed"], rem["seeds"]) if k]
+    rem_trains = all(f == 0.0 for f in rem_fracs) if len(rem) and len(rem_fracs) == len(rem) else None
+    supported = None if f64_dies is None or rem_trains is None else (f64_dies and rem_trains)
+    out.append(Verdict(
+        claim="(Hypothesis H, this companion's) The cliff is the capsule-length map at initialisation: float64 "
+              "moves it by at most one layer, and an init scale chosen from the map trains at ≥ 1.5× the limit "
+              "without pruning",
+        source="issue 10; the length map of the collapse chapter",
+        paper="not a claim of the paper, which attributes the collapse to vanishing activations and offers "
+              "pruning as the remedy",
+        verdict=grade(supported=supported, n_seeds=min(n_h, n), control_seen=i7 is not None and i7["seeds"] > 0,
+                      scale="full"),
+        evidence=_points_text(summary, "precision") + "; " + _points_text(summary, "remedy"),
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], profile {runs_profile}",
+        seeds=min(n_h, n),
+        control=f"The float32 points at the same depths ({_labels(summary, 'collapse', 'test')}): the float64 "
+                "runs differ from them only in precision, the remedy only in its init std.",
+        would_change=(f"Decided by {store} rows of {_labels(summary, 'precision')} and "
+                      f"{_labels(summary, 'remedy')}, ≥ {MIN_SEEDS} seeds each: not reproduced if the float64 net "
+                      "trains one layer beyond the float32 limit (precision, not the map, sets the cliff) or if "
+                      "the remedy collapses."),
+        details={"float64_beyond_collapses": f64_dies, "remedy_trains": rem_trains}))
+    return out
+
+
+def verdict_table(vs: Sequence[Verdict]) -> pd.DataFrame:
+    """One line per verdict: claim, source, verdict, seeds, scale."""
+    return pd.DataFrame([{"claim": v.claim, "source": v.source, "verdict": v.verdict, "seeds": v.seeds,
+                          "scale": v.scale} for v in vs])
+
+
+def verdict_markdown(v: Verdict, number: int) -> str:
+    """One claim's block (CommonMark: no headings or tables, so that it renders as a notebook output):
+    the claim and its verdict, the paper's numbers, the evidence, scale and seeds, the control that could
+    refute it and what would change the verdict."""
+    seeds = f"{v.seeds} seed{'s' if v.seeds != 1 else ''}"
+    return "\n".join([
+        f"**{number}. {v.claim}** ({v.source})", "",
+        f"Verdict: **{v.verdict}**", "",
+        f"* **The claim's numbers:** {v.paper}.",
+        f"* **Evidence:** {v.evidence}",
+        f"* **Scale and seeds:** {v.scale}; {seeds} (the fewest over the points it rests on; a verdict other "
+        f"than inconclusive needs ≥ {MIN_SEEDS} and its control).",
+        f"* **Control that could refute it:** {v.control}",
+        f"* **What would change the verdict:** {v.would_change}", ""])
+
+
+def verdicts_as_dicts(vs: Iterable[Verdict]) -> list[dict]:
+    """The verdicts as plain dicts (for JSON or tests)."""
+    return [asdict(v) for v in vs]

@@ -1,0 +1,292 @@
+"""The committed evidence about the depth collapse, read and summarised (the collapse and verdict chapters).
+
+Nothing here trains a model. ``results/collapse/<profile>.csv`` holds the decisive training runs
+(results-store rows, one per run or pipeline stage; :mod:`capslib.experiments.results`).
+:func:`collapse_points` says which points decide which claim and :func:`point_of_row` maps a row to its
+point: the only places that know the point layout. :func:`load_collapse`, :func:`run_summary`,
+:func:`runs_figure` and :func:`runs_footer` give the chapter's table and figure. Also the constants a
+verdict rests on (:data:`MIN_SEEDS`, :data:`CHANCE`, :data:`VERDICTS`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .params import RUNS_PROFILE
+from .plots import BOOK_RC, FONT, PAGE_WIDTH_IN, book_figsize, legend_outside, wrap_title
+from .tables import footer_rows
+
+#: A verdict rests on at least this many seeds per decisive point (and on its control).
+MIN_SEEDS = 3
+
+
+#: Chance accuracy of a 10-class problem, and the band around it that counts as collapsed.
+CHANCE = 0.10
+CHANCE_BAND = 0.02
+#: The only verdicts the page states.
+VERDICTS = ("reproduced", "not reproduced", "explained by …", "inconclusive", "inconclusive (smoke scale)",
+            "untestable here (CIFAR-10)")
+DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST", "fashion-mnist test": "Fashion-MNIST (test images)",
+                  "mnist": "MNIST", "cifar10": "CIFAR-10"}
+
+
+def results_root(root: Optional[str | Path] = None) -> Path:
+    """The results folder: ``root``, else :func:`capslib.experiments.results.default_results_dir`."""
+    from ..experiments.results import default_results_dir
+
+    return Path(root) if root is not None else default_results_dir()
+
+
+def _rc():
+    """The book's matplotlib settings (:data:`capslib.book.plots.BOOK_RC`) as a context manager."""
+    import matplotlib
+
+    return matplotlib.rc_context(BOOK_RC)
+
+
+# ======================================================================================
+# The decisive runs (results/collapse/<profile>.csv)
+# ======================================================================================
+@dataclass(frozen=True)
+class CollapsePoint:
+    """One point of the decisive runs: CapsNet[C, D, I] at ConvCaps std ``std``, pruned at ``pr``
+    (0: unpruned), its ``role`` for the claim it decides ("test" or "control") and that claim's key."""
+
+    label: str
+    C: int
+    D: int
+    I: int
+    pr: float
+    std: float
+    claim: str
+    role: str
+    why: str = ""
+
+    def key(self) -> tuple:
+        return (self.C, self.D, self.I, round(self.pr, 4), round(self.std, 4))
+
+
+def _fallback_points() -> list[CollapsePoint]:
+    """The decisive runs as designed (issue 10), used while ``capslib.experiments.grids`` has no ``collapse``
+    experiment: CapsNet[20, 8] at the authors' ConvCaps std 0.5 (where the init screen puts the limit at
+    the paper's), I = 6 and 7; I = 7 pruned at PR 0.125 / 0.25 / 0.375; and the control for the rescue:
+    fresh, unpruned CapsNet[C', 8, 7] with the C' each prune leaves (authors' rule: 18, 15, 13)."""
+    pts = [
+        CollapsePoint("C20 D8 I6", 20, 8, 6, 0.0, 0.5, "collapse", "control",
+                      "one layer below the cliff: must train"),
+        CollapsePoint("C20 D8 I7", 20, 8, 7, 0.0, 0.5, "collapse", "test", "the paper's collapse: must sit at chance"),
+    ]
+    for pr in (0.125, 0.25, 0.375):
+        pts.append(CollapsePoint(f"C20 D8 I7 PR{pr:g}", 20, 8, 7, pr, 0.5, "rescue", "test",
+                                 "CCM + CHIP prune of the base model, 7 fresh ConvCaps"))
+    for c in (18, 15, 13):
+        pts.append(CollapsePoint(f"C{c} D8 I7 fresh", c, 8, 7, 0.0, 0.5, "rescue", "control",
+                                 "no pruning, just fewer capsule types (C' of a prune)"))
+    return pts
+
+
+def collapse_points(profile: str = RUNS_PROFILE) -> list[CollapsePoint]:
+    """The decisive points and what each decides: from the ``collapse`` experiment of
+    :mod:`capslib.experiments.grids` when it exists (its point labels; role "control" when the label says so),
+    else :func:`_fallback_points`. The one place to adapt when the experiment's layout changes."""
+    from ..experiments.grids import EXPERIMENTS
+
+    exp = EXPERIMENTS.get("collapse")
+    if exp is None:
+        return _fallback_points()
+    fallback = {p.key(): p for p in _fallback_points()}
+    out = []
+    for p in exp.grid(profile):
+        ov = dict(p.overrides)
+        C, D = int(ov.get("C", 20)), int(ov.get("D", 8))
+        I = int(p.I_after if p.I_after is not None else ov.get("I", 0))
+        std = float(ov.get("init_std", 0.5))
+        pr = float(p.pr or 0.0)
+        label = p.label or f"C{C} D{D} I{I}" + (f" PR{pr:g}" if pr else "")
+        claim, role, why = _claim_of(label, C, I, pr, str(ov.get("dtype", "float32")),
+                                     fallback.get((C, D, I, round(pr, 4), round(std, 4))))
+        out.append(CollapsePoint(label, C, D, I, pr, std, claim, role, why))
+    return out
+
+
+def _claim_of(label: str, C: int, I: int, pr: float, dtype: str, known: Optional[CollapsePoint]) -> tuple:
+    """(claim, role, why) of an experiment point, from what its label and config say it is: float64 runs
+    test precision, the remedy its own claim, the pretrained-unpruned and same-width-from-scratch runs are
+    the rescue's controls, a prune the rescue's test, and C20 from scratch the collapse (control below
+    the limit, test at and beyond it)."""
+    low = label.lower()
+    if dtype == "float64" or "float64" in low:
+        return "precision", "test", "the same net in float64: does the cliff move by more than one layer?"
+    if "remedy" in low:
+        return "remedy", "test", "no pruning: an init scale chosen from the length map, at ≥ 1.5× the limit"
+    if "pretrained" in low or "control" in low or "fresh" in low or ("from scratch" in low and C != 20):
+        return "rescue", "control", "no CHIP selection: decides whether pruning or fewer types C′ rescues"
+    if pr:
+        return "rescue", "test", "CCM + CHIP prune of the base model, fresh ConvCaps"
+    if known is not None:
+        return known.claim, known.role, known.why
+    return "collapse", ("control" if "(l-1)" in low else "test"), ""
+
+
+def _num(v: Any, default: float = float("nan")) -> float:
+    try:
+        f = float(v)
+        return default if math.isnan(f) else f
+    except (TypeError, ValueError):
+        return default
+
+
+def point_of_row(row: Mapping[str, Any]) -> tuple:
+    """The (C, D, I, PR, std) key of a store row: ``grid.C``/``grid.D`` (the configuration before any
+    prune), I = ``I_after`` for a prune point else ``model.I``, PR = ``pr``, std = ``model.init_std``."""
+    C = _num(row.get("grid.C"), _num(row.get("model.C")))
+    D = _num(row.get("grid.D"), _num(row.get("model.D")))
+    I_after = _num(row.get("I_after"))
+    I = I_after if not math.isnan(I_after) else _num(row.get("model.I"), _num(row.get("grid.I")))
+    return (int(C), int(D), int(I), round(_num(row.get("pr"), 0.0), 4), round(_num(row.get("model.init_std")), 4))
+
+
+#: The stage whose row is a point's result, by point kind (others: the only stage, "train").
+FINAL_STAGE = {"prune": "retrain", "depth": "depth_summary"}
+
+
+def final_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows that are a point's result: stage ``retrain`` of a prune point, ``depth_summary`` of a
+    depth search, else the run's own row."""
+    if df.empty:
+        return df
+    ok = df[df["status"].astype(str) == "ok"] if "status" in df else df
+    kind = ok["kind"].astype(str) if "kind" in ok else pd.Series("train", index=ok.index)
+    want = kind.map(lambda k: FINAL_STAGE.get(k, None))
+    stage = ok["stage"].astype(str) if "stage" in ok else pd.Series("train", index=ok.index)
+    keep = want.isna() | (stage == want)
+    return ok[keep]
+
+
+def load_collapse(profile: str = RUNS_PROFILE, root: Optional[str | Path] = None) -> pd.DataFrame:
+    """The final rows (:func:`final_rows`) of ``<root>/collapse/<profile>.csv``; empty when it does not exist."""
+    from ..experiments.results import ResultsStore
+
+    store = ResultsStore.for_experiment("collapse", profile, root=results_root(root))
+    if not store.path.is_file():
+        return pd.DataFrame()
+    return final_rows(store.read())
+
+
+def _collapsed(row: Mapping[str, Any]) -> bool:
+    """A run is collapsed when the store says so or its test accuracy is within 2 points of chance."""
+    flag = str(row.get("collapsed", "")).strip().lower() == "true"
+    acc = _num(row.get("test_acc"))
+    return flag or (not math.isnan(acc) and abs(acc - CHANCE) <= CHANCE_BAND)
+
+
+def run_summary(rows: pd.DataFrame, points: Optional[Sequence[CollapsePoint]] = None) -> pd.DataFrame:
+    """One line per decisive point (in ``points`` order), then any other point that has rows.
+
+    Columns: ``point``, ``claim``, ``role``, ``C``, ``D``, ``I``, ``PR``, ``init std``, ``seeds`` (number of
+    distinct seeds), ``seed list``, ``test acc (%)`` (mean over seeds), ``± std`` (sample std over seeds;
+    NaN with one seed), ``collapsed`` (``k/n`` seeds at chance), ``dataset``, ``profile``, ``device``,
+    ``status`` ("runs in progress" when the point has no row yet, else "n seeds").
+    """
+    points = list(points if points is not None else collapse_points())
+    labels = {p.label for p in points}
+    groups: dict[Any, list[dict]] = {}
+    if not rows.empty:
+        for r in rows.to_dict(orient="records"):  # a row's own point label first: float64 and control rows
+            lab = r.get("label")                   # share (C, D, I, PR, std) with other points
+            groups.setdefault(lab if isinstance(lab, str) and lab in labels else point_of_row(r), []).append(r)
+    out = []
+
+    def line(label, claim, role, key, rs, why=""):
+        C, D, I, pr, std = key
+        base = {"point": label, "claim": claim, "role": role, "C": C, "D": D, "I": I, "PR": pr, "init std": std}
+        if not rs:
+            return {**base, "seeds": 0, "seed list": "", "test acc (%)": np.nan, "± std": np.nan,
+                    "collapsed": "", "dataset": "", "profile": "", "device": "", "status": "runs in progress",
+                    "why": why}
+        by_seed = {}
+        for r in rs:  # one result per seed: the newest row wins
+            by_seed[int(_num(r.get("seed"), 0))] = r
+        accs = np.array([_num(r.get("test_acc")) * 100 for r in by_seed.values()])
+        n = len(by_seed)
+        return {**base, "seeds": n, "seed list": _ranges(list(by_seed)),
+                "test acc (%)": float(np.nanmean(accs)),
+                "± std": float(np.nanstd(accs, ddof=1)) if n > 1 else np.nan,
+                "collapsed": f"{sum(_collapsed(r) for r in by_seed.values())}/{n}",
+                "dataset": ", ".join(dict.fromkeys(DATASET_LABELS.get(str(r.get('data.dataset', '')),
+                                                                       str(r.get("data.dataset", "")))
+                                                    for r in rs)),
+                "profile": ", ".join(dict.fromkeys(str(r.get("profile", "")) for r in rs)),
+                "device": "; ".join(dict.fromkeys(str(r.get("device_name") or r.get("device", "")) for r in rs)),
+                "status": f"{n} seed{'s' if n != 1 else ''}" + ("" if n >= MIN_SEEDS else f" (< {MIN_SEEDS})"),
+                "why": why}
+
+    seen = set()
+    for p in points:
+        out.append(line(p.label, p.claim, p.role, p.key(), groups.get(p.label) or groups.get(p.key(), []), p.why))
+        seen.update((p.key(), p.label))
+    for key, rs in groups.items():
+        if key not in seen and isinstance(key, tuple):
+            C, D, I, pr, std = key
+            out.append(line(f"C{C} D{D} I{I}" + (f" PR{pr:g}" if pr else "") + f" std{std:g}", "other", "",
+                            key, rs))
+    return pd.DataFrame(out)
+
+
+def runs_footer(rows: pd.DataFrame, profile: str, note: Optional[str] = None) -> str:
+    """Provenance line for the decisive runs, or where they will appear while there are none."""
+    if rows.empty:
+        return (f"*Provenance:* no rows in `results/collapse/{profile}.csv` yet: every point is a run in progress "
+                "(nothing on this table is a measurement).")
+    from .plots import provenance_text
+
+    return provenance_text(footer_rows(rows), note=note)
+
+
+def runs_figure(summary: pd.DataFrame, title: Optional[str] = None) -> Figure:
+    """Mean test accuracy ± std over seeds per decisive point (bars; n seeds printed on each), chance
+    level dashed; a point with no rows says "runs in progress" instead of a bar."""
+    with _rc():
+        n = max(len(summary), 1)
+        fig = Figure(figsize=book_figsize(PAGE_WIDTH_IN, 1.2 + 0.38 * n), layout="constrained")
+        ax = fig.add_subplot()
+        y = np.arange(len(summary))[::-1]
+        colors = {"test": "tab:blue", "control": "tab:orange", "": "0.6"}
+        for yi, (_, r) in zip(y, summary.iterrows()):
+            if r["seeds"] == 0:
+                ax.text(CHANCE * 100 + 3, yi, "runs in progress (no row yet)", va="center", fontsize=FONT["small"],
+                        color="0.35", style="italic")
+                continue
+            err = None if pd.isna(r["± std"]) else r["± std"]
+            ax.barh(yi, r["test acc (%)"], xerr=err, color=colors.get(r["role"], "0.6"), height=0.6,
+                    error_kw={"lw": 1, "capsize": 3})
+            ax.text(min(r["test acc (%)"] + (err or 0) + 1, 93), yi, f"n = {r['seeds']}", va="center",
+                    fontsize=FONT["small"])
+        ax.axvline(CHANCE * 100, color="tab:red", ls="--", lw=1, label="chance (10 %)")
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{p} ({r})" if r else p for p, r in zip(summary["point"], summary["role"])])
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("test accuracy (%), mean ± std over seeds")
+        legend_outside(ax)
+        if title:
+            ax.set_title(wrap_title(title, PAGE_WIDTH_IN - 1.5))
+    return fig
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """``[0, 1, 2, 4]`` -> ``"0–2, 4"``."""
+    values = sorted(set(int(v) for v in values))
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(str(start) if start == v else f"{start}–{v}")
+            start = None
+    return ", ".join(out) or "none"

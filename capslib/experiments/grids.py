@@ -1,0 +1,351 @@
+"""The paper's experiments as named grids of independent runs, with the paper's own numbers.
+
+Each :class:`Experiment` knows
+
+* its grid of :class:`Point`\\ s for a profile: the paper's full grid under
+  ``paper`` (CIFAR-10) and ``fmnist`` (Fashion-MNIST at paper scale), and a
+  miniature of the same shape under ``smoke`` (small C, D and I, a data subset,
+  one epoch) so that every sweep runs on a CPU in minutes;
+* the paper's table, as printed (Sahu & Altahhan 2024, CIFAR-10).
+
+A smoke grid exercises the code path; its numbers are never a reproduction.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..engine.config import RunConfig, apply_overrides
+from ..engine.config import profile as make_profile
+from ..engine.provenance import capslib_version
+
+__all__ = ["Point", "Experiment", "EXPERIMENTS", "get_experiment", "PAPER_TABLES", "SEED002_ROUTINGS",
+           "STUDY_ROUTINGS", "seed002_point", "COLLAPSE", "collapse_limits", "point_key", "tag_rows"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One independent run of a grid.
+
+    ``kind``: "train" (capslib train), "snapshots" (a training that also records
+    the capsule activations after epoch 1 and after the last epoch, seed 002's
+    Figs. 6-7; :func:`capslib.experiments.depth_study.study_row`), "prune" (the §3.5
+    pipeline at ``pr``, retrained with ``I_after`` IntermediateCaps) or "depth"
+    (a depth search, with pruning at ``pr`` when ``pr > 0``).
+    """
+
+    kind: str
+    overrides: tuple[tuple[str, Any], ...]
+    pr: float = 0.0
+    I_after: Optional[int] = None
+    max_I: Optional[int] = None
+    label: str = ""
+
+    def config(self, profile: str, seed: int = 0) -> RunConfig:
+        return apply_overrides(make_profile(profile), seed=seed, **dict(self.overrides))
+
+    def key_extra(self) -> str:
+        return f"{self.kind}|pr={self.pr}|I_after={self.I_after}|max_I={self.max_I}"
+
+    def describe(self) -> str:
+        ov = " ".join(f"{k}={v}" for k, v in self.overrides)
+        extra = []
+        if self.kind in ("prune", "depth"):
+            extra.append(f"PR={self.pr}")
+        if self.I_after is not None:
+            extra.append(f"I_after={self.I_after}")
+        if self.max_I is not None:
+            extra.append(f"max_I={self.max_I}")
+        return f"{self.kind:5s} {ov} {' '.join(extra)}".rstrip()
+
+
+def _cd(C: int, D: int, **kw: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(dict(C=C, D=D, **kw).items()))
+
+
+# --------------------------------------------------------------------------------------
+# The paper's numbers (CIFAR-10, test accuracy in %; Table 5: maximum depth I).
+# --------------------------------------------------------------------------------------
+TABLE1_CONFIGS = [(10, 8), (20, 8), (32, 8), (16, 6), (16, 12), (8, 12)]
+TABLE1_PR = [0.0, 0.125, 0.25, 0.375, 0.5, 0.6, 0.75]  # 0.625 for D = 6 and 12 (the table's *)
+TABLE1 = {
+    (10, 8): [73.92, 74.26, 74.37, 74.53, 74.71, 74.09, 73.84],
+    (20, 8): [77.05, 78.71, 77.75, 77.61, 76.76, 76.88, 76.12],
+    (32, 8): [77.37, 78.01, 76.88, 78.50, 78.50, 77.24, 76.63],
+    (16, 6): [75.40, 75.54, 75.39, 74.66, 73.99, 73.02, 71.49],
+    (16, 12): [76.30, 79.12, 78.43, 78.43, 78.21, 77.02, 75.06],
+    (8, 12): [75.12, 76.12, 75.46, 75.44, 74.94, 75.39, 74.28],
+}
+TABLE2_CONFIGS = [(10, 8), (20, 8), (16, 12), (8, 12)]
+TABLE2 = {
+    (10, 8): [73.9, 75.2, 75.2, 75.5, 75.4, 74.3, 74.1, 75.2, 74.4, 73.3, 73.5],
+    (20, 8): [77.1, 76.7, 77.3, 77.7, 77.4, 76.8, 76.2, 10, 10, 10, 10],
+    (16, 12): [76.3, 78.6, 78.6, 78.2, 77.1, 77.6, 76.7, 76.4, 75, 75.6, 74.3],
+    (8, 12): [75.1, 75.1, 75.2, 75.4, 75.1, 75.5, 75.1, 75.3, 73.7, 75.3, 75.2],
+}
+TABLE3 = {0.0: {6: 76.2, 7: 10}, 0.125: {6: 78.9, 7: 79.3}, 0.25: {6: 79.5, 7: 79.6}, 0.375: {6: 79.0, 7: 79.2}}
+KERNEL3 = dict(backbone_kernels=(3, 3, 3), backbone_strides=(1, 2, 1), backbone_padding=(1, 1, 1),
+               primary_kernel=3, primary_stride=2, primary_padding=0)
+KERNEL5 = dict(backbone_kernels=(5, 5, 5), backbone_strides=(1, 1, 1), backbone_padding=(0, 0, 0),
+               primary_kernel=5, primary_stride=1, primary_padding=0)
+TABLE4 = [((32, 8), "k5", 82.17), ((32, 8), "k3", 77.37), ((20, 8), "k5", 72.94), ((20, 8), "k3", 77.05)]
+TABLE5 = {(20, 10): 8, (20, 8): 6, (20, 6): 4, (16, 6): 5, (10, 6): 7, (10, 8): ">30"}
+
+#: The paper's tables, keyed by experiment name, as long-format records for reports.
+PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
+    "table1": [dict(C=c, D=d, PR=(0.625 if pr == 0.6 and d != 8 else pr), paper=v)
+               for (c, d), vals in TABLE1.items() for pr, v in zip(TABLE1_PR, vals)],
+    "table2": [dict(C=c, D=d, I=i, paper=v) for (c, d), vals in TABLE2.items() for i, v in enumerate(vals)],
+    "table3": [dict(C=20, D=8, PR=pr, I=i, paper=v) for pr, row in TABLE3.items() for i, v in row.items()],
+    "table4": [dict(C=c, D=d, kernels=k, paper=v) for (c, d), k, v in TABLE4],
+    "table5": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
+    "fig3": [],
+    "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
+    "collapse": [],  # issue 10's decisive runs: the paper has no such table (Table 3 has no same-width control)
+}
+
+
+@dataclass
+class Experiment:
+    """A named grid of independent runs.
+
+    ``versioned`` (default True): a sweep point's key holds the capslib version, so after any library
+    edit a resumed sweep runs every point again. False: the key is experiment + config hash + point
+    (+ seed, through the config) only, so finished rows stay done across library versions - for a
+    long study run over several sittings from a frozen snapshot; each row still records the version
+    it was made with (``capslib_version``). ``point_major``: a sweep runs every seed of the first point,
+    then every seed of the next (so the grid's order is its priority), instead of seed by seed.
+    """
+
+    name: str
+    title: str
+    grid_fn: Callable[[str], list[Point]]
+    default_profile: str = "fmnist"
+    columns: tuple[str, ...] = field(default_factory=tuple)
+    versioned: bool = True
+    point_major: bool = False
+
+    def grid(self, profile: str) -> list[Point]:
+        return self.grid_fn(profile)
+
+
+def _small(profile: str) -> bool:
+    return profile == "smoke"
+
+
+def _table1(profile: str) -> list[Point]:
+    if _small(profile):
+        return [Point("prune", _cd(c, d, I=0), pr=pr) if pr else Point("train", _cd(c, d, I=0))
+                for c, d in [(8, 4), (8, 8)] for pr in (0.0, 0.25, 0.5)]
+    pts = []
+    for c, d in TABLE1_CONFIGS:
+        for pr in TABLE1_PR:
+            pr = 0.625 if pr == 0.6 and d != 8 else pr
+            pts.append(Point("prune", _cd(c, d, I=0), pr=pr) if pr else Point("train", _cd(c, d, I=0)))
+    return pts
+
+
+def _table2(profile: str) -> list[Point]:
+    if _small(profile):
+        return [Point("train", _cd(4, 4, I=i)) for i in range(3)]
+    return [Point("train", _cd(c, d, I=i)) for c, d in TABLE2_CONFIGS for i in range(11)]
+
+
+def _table3(profile: str) -> list[Point]:
+    if _small(profile):
+        C, D, depths, prs = 8, 4, (1, 2), (0.0, 0.25)
+    else:
+        C, D, depths, prs = 20, 8, (6, 7), (0.0, 0.125, 0.25, 0.375)
+    # the paper prunes the I = 0 base model, then rebuilds it with I IntermediateCaps
+    return [Point("prune", _cd(C, D, I=0), pr=pr, I_after=i) if pr else Point("train", _cd(C, D, I=i))
+            for pr in prs for i in depths]
+
+
+def _table4(profile: str) -> list[Point]:
+    configs = [(4, 4)] if _small(profile) else [(32, 8), (20, 8)]
+    return [Point("train", _cd(c, d, **(KERNEL5 if k == "k5" else KERNEL3)), label=k)
+            for c, d in configs for k in ("k5", "k3")]
+
+
+def _table5(profile: str) -> list[Point]:
+    if _small(profile):
+        return [Point("depth", _cd(8, 4), max_I=2)]
+    return [Point("depth", _cd(c, d), max_I=(31 if (c, d) == (10, 8) else 12)) for c, d in TABLE5]
+
+
+def _fig3(profile: str) -> list[Point]:
+    if _small(profile):
+        return [Point("train", _cd(4, 4, I=2, epochs=2))]
+    return [Point("train", _cd(20, 8, I=6))]
+
+
+#: Seed 002's routing algorithms (Everett et al., §3.1); see capslib.engine.routing_alt.
+SEED002_ROUTINGS = ("em", "self", "vb")
+#: The depth study's routings: the main paper's dynamic routing, for comparison, then seed 002's.
+STUDY_ROUTINGS = ("dynamic",) + SEED002_ROUTINGS
+
+
+def seed002_point(routing: str, depth: int, profile: str) -> Point:
+    """One run of seed 002's depth study: ``depth`` ConvCaps layers routed by ``routing``.
+
+    Seed 002 §3.1 uses 16 capsule types whenever there is more than one capsule layer; here every
+    depth uses 16 types (PrimaryCaps and ConvCaps share C) and 4×4 poses (D = 16); dataset, epochs
+    and optimiser come from the profile. The smoke miniature (CPU) uses 4 types, 3×3 poses (D = 9),
+    lr 3e-3 and two epochs on 2,000 images (votes kept in memory, a few MB at this size), so that it
+    learns something in seconds and its epoch-1 and last-epoch activations (Figs. 6-7) differ. The
+    run records both ("snapshots" point).
+    """
+    if _small(profile):
+        over = _cd(4, 9, I=depth, routing=routing, lr=0.003, epochs=2, train_size=2000, val_size=500,
+                   recompute_votes=False)
+    else:
+        over = _cd(16, 16, I=depth, routing=routing)
+    return Point("snapshots", over, label=f"{routing} I={depth}")
+
+
+def _seed002_depth(profile: str) -> list[Point]:
+    depths = range(1, 4) if _small(profile) else range(1, 11)
+    return [seed002_point(r, d, profile) for r in STUDY_ROUTINGS for d in depths]
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10, part 4: the decisive runs of the collapse study (hypothesis H: the cliff is the capsule
+# length map at initialisation). Depths and the remedy come from forward screens at initialisation
+# (collapse_limits, capslib.experiments.init_study); see COLLAPSE and results/collapse/README.md.
+# --------------------------------------------------------------------------------------
+
+#: The collapse study's fixed numbers (profile ``cpu``: CapsNet[20, 8], ConvCaps and class init std 0.5).
+#:
+#: * ``L`` = 7: the smallest per-seed depth limit of the screen (:func:`collapse_limits`, results/collapse/
+#:   limits_cpu.csv): on the first three training batches of each seed's own run the class lengths at
+#:   initialisation are exactly 0 from I = 7 on 4 of 9 batches (seeds 0 and 2) and from I = 8 on the
+#:   others, are <= 5e-13 at I = 7 everywhere, and the PrimaryCaps gradient at I = 7 is 0 or 1e-13 (Adam
+#:   moves a parameter by ~lr·g/(|g| + 1e-8): nothing). It is also where the paper (Table 2) and the
+#:   issue's pilot collapse. ``L_exact`` = 8: exactly 0 on every screened batch in float32;
+#:   ``L_exact64``: the same in float64 (deeper; see limits_cpu.csv).
+#: * ``C_pruned``, ``widths_pruned``: CapsNet[20, 8] pruned at PR 0.25 by the paper's rule (C' = 15),
+#:   the architecture the prune pipeline rebuilds (:func:`capslib.experiments.init_study.pruned_model_config`).
+#: * the remedy: every ConvCaps at ``remedy_std`` and the class capsules at ``remedy_class_std``, chosen
+#:   from the length map so that lengths neither vanish nor saturate over ``remedy_I`` >= 1.5·7 layers.
+COLLAPSE: dict[str, Any] = dict(C=20, D=8, std=0.5, L=7, L_exact=8, L_exact64=10, pr=0.25, C_pruned=15,
+                                widths_pruned=(24, 56, 120), remedy_I=11, remedy_std=0.6, remedy_class_std=0.1)
+#: The smoke miniature of the same grid (tiny C, D and depths; a code path, never a result).
+COLLAPSE_SMOKE: dict[str, Any] = dict(C=8, D=4, std=0.5, L=2, L_exact=2, L_exact64=2, pr=0.25, C_pruned=6,
+                                      widths_pruned=(4, 12, 24), remedy_I=3, remedy_std=0.6, remedy_class_std=0.1)
+
+
+def _collapse(profile: str) -> list[Point]:
+    """The decisive runs, in priority order (a ``point_major`` sweep runs every seed of one point before
+    the next): from scratch at L−1 and L (and L+1 = L_exact); C' = 15 from scratch and CCM + CHIP pruned
+    at PR 0.25, both at L; the pretrained-backbone-unpruned control (the §3.5 pipeline at PR 0: the
+    CCM-trained C20 backbone, fresh capsule layers at L, retrained); the remedy at ``remedy_I`` layers;
+    float64 at L and L+1 last (the fused routing kernel runs float64 ~7.5x slower than float32 on CPU, so
+    these six runs are two thirds of the grid's cost). Every point's label is unique (the report keys
+    on it)."""
+    k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
+    C, D, L, std = k["C"], k["D"], k["L"], k["std"]
+    pruned = dict(backbone_widths=k["widths_pruned"])
+    return [
+        Point("train", _cd(C, D, I=L - 1, init_std=std), label=f"C{C} I={L - 1} (L-1)"),
+        Point("train", _cd(C, D, I=L, init_std=std), label=f"C{C} I={L} (L)"),
+        Point("train", _cd(C, D, I=L + 1, init_std=std), label=f"C{C} I={L + 1} (L+1)"),
+        Point("train", _cd(k["C_pruned"], D, I=L, init_std=std, **pruned),
+              label=f"C'={k['C_pruned']} from scratch I={L} (same-width control)"),
+        Point("prune", _cd(C, D, I=0, init_std=std), pr=k["pr"], I_after=L,
+              label=f"CCM+CHIP PR {k['pr']:g} (C'={k['C_pruned']}) I={L}"),
+        Point("prune", _cd(C, D, I=0, init_std=std), pr=0.0, I_after=L,
+              label=f"C{C} pretrained backbone, unpruned, I={L} (control)"),
+        Point("train", _cd(C, D, I=k["remedy_I"], init_std=k["remedy_std"], class_init_std=k["remedy_class_std"]),
+              label=f"remedy: C{C} I={k['remedy_I']} std {k['remedy_std']:g}, class std {k['remedy_class_std']:g}"),
+        Point("train", _cd(C, D, I=L, init_std=std, dtype="float64"), label=f"C{C} I={L} (L) float64"),
+        Point("train", _cd(C, D, I=L + 1, init_std=std, dtype="float64"), label=f"C{C} I={L + 1} (L+1) float64"),
+    ]
+
+
+def collapse_limits(profile: str = "cpu", seeds: int = 3, batches: int = 3, I_max: int = 12,
+                    dtypes: tuple[str, ...] = ("float32", "float64"), remedy: bool = True):
+    """The depth limits behind :data:`COLLAPSE`: for every from-scratch model config of the grid (C20 and
+    C' = 15; the remedy at its own stds when ``remedy``), each seed and each of the first ``batches``
+    *training* batches that seed's run sees (the profile's data split, batch size and shuffle), the
+    first I whose class capsule lengths are exactly zero on the batch at initialisation
+    (:func:`capslib.experiments.init_study.depth_limit`, which builds exactly the model ``fit`` builds from the seed),
+    the largest class length at L−1, L, L+1, and the max |gradient| of the margin loss on the PrimaryCaps
+    conv at each of those depths on the first batch (:func:`capslib.experiments.init_study.gradient_at`; Adam moves a
+    parameter by ~lr·g/(|g| + 1e-8), so a gradient far below 1e-8 moves nothing). A pandas DataFrame,
+    one row per (config, dtype, seed, batch). Forward screens only: minutes on one thread."""
+    import pandas as pd
+    import torch
+
+    from ..engine.data import load_splits
+    from .init_study import depth_limit, gradient_at
+
+    k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
+    base = make_profile(profile)
+    data = load_splits(base.data)
+    configs = {f"C{k['C']}": base.model.replace(C=k["C"], D=k["D"], init_std=k["std"]),
+               f"C'={k['C_pruned']}": base.model.replace(C=k["C_pruned"], D=k["D"], init_std=k["std"],
+                                                         backbone_widths=k["widths_pruned"])}
+    if remedy:
+        configs["remedy"] = base.model.replace(C=k["C"], D=k["D"], init_std=k["remedy_std"],
+                                               class_init_std=k["remedy_class_std"])
+    rows = []
+    for name, mcfg in configs.items():
+        for dtype in dtypes:
+            for seed in range(seeds):
+                it = data.batches("train", base.train.batch_size, shuffle=True, seed=seed, epoch=0)
+                for b, (x, y) in zip(range(batches), it):
+                    r = depth_limit(mcfg.replace(I=0), x, seed=seed, dtype=dtype, I_max=I_max)
+                    row = dict(config=name, C=mcfg.C, D=mcfg.D, init_std=mcfg.init_std, class_std=mcfg.class_std,
+                               dtype=dtype, seed=seed, batch=b, limit=r.limit, I_max=I_max,
+                               class_max=[float(f"{v:.3e}") for v in r.class_max])
+                    if b == 0 and name != "remedy":
+                        for I in (k["L"] - 1, k["L"], k["L"] + 1):
+                            with torch.random.fork_rng(devices=[]):
+                                row[f"grad_primary_I{I}"] = gradient_at(mcfg, x, y, I, seed, dtype)["primary"]
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
+    Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
+    Experiment("table3", "Table 3: pruning rescues CapsNet[C=20, D=8] at I = 6, 7", _table3),
+    Experiment("table4", "Table 4: backbone kernel size and stride", _table4),
+    Experiment("table5", "Table 5: maximum depth without pruning (depth search)", _table5),
+    Experiment("fig3", "Fig. 3: dead capsules over epochs, CapsNet[C=20, D=8, I=6]", _fig3),
+    Experiment("seed002_depth", "Seed 002 Figs. 1-7: dynamic, EM, self- and VB routing at depth 1..10 "
+                                "(accuracy, dead capsules, activations)", _seed002_depth),
+    Experiment("collapse", "Issue 10: the decisive runs of the collapse study (CapsNet[20, 8] at its depth "
+                           "limit: from scratch, float64, C'=15 pruned vs from scratch, a remedy)", _collapse,
+               default_profile="cpu", versioned=False, point_major=True),
+]}
+
+
+def point_key(experiment: str, cfg: RunConfig, point: Point, versioned: Optional[bool] = None) -> str:
+    """Identity of one grid point's run: experiment, config (seed included), point kind/PR/depth and the
+    capslib version - without the version when ``versioned`` is False (None: the experiment's own
+    :attr:`~capslib.experiments.grids.Experiment.versioned`, True for an unknown name), so a finished point of
+    such an experiment stays done after library edits; its rows still record ``capslib_version``."""
+    if versioned is None:
+        exp = EXPERIMENTS.get(experiment)
+        versioned = True if exp is None else exp.versioned
+    version = f"|{capslib_version()}" if versioned else "|unversioned"
+    blob = f"{experiment}|{cfg.config_hash()}|{point.key_extra()}{version}".encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def tag_rows(rows: list[dict[str, Any]], experiment: str, cfg: RunConfig, point: Point) -> list[dict[str, Any]]:
+    """Mark the result rows of one grid point with its key, experiment, kind and grid coordinates."""
+    key = point_key(experiment, cfg, point)
+    for r in rows:
+        r.update(point_key=key, experiment=experiment, kind=point.kind, pr=point.pr,
+                 I_after="" if point.I_after is None else point.I_after, label=point.label,
+                 **{"grid.C": cfg.model.C, "grid.D": cfg.model.D, "grid.I": cfg.model.I})
+    return rows
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
