@@ -90,6 +90,16 @@ def test_grade(kw, expected):
     assert verdicts_ch.grade(**kw) == expected
 
 
+def _designed_points():
+    """The collapse claim's I = 6 / 7 pair, the rescue at three PRs and, as its controls, fresh unpruned
+    nets with the C' each prune leaves (authors' rule: 18, 15, 13)."""
+    CP = collapse_runs.CollapsePoint
+    return [CP("C20 D8 I6", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+            CP("C20 D8 I7", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
+            *[CP(f"C20 D8 I7 PR{pr:g}", 20, 8, 7, pr, 0.5, "rescue", "test") for pr in (0.125, 0.25, 0.375)],
+            *[CP(f"C{c} D8 I7 fresh", c, 8, 7, 0.0, 0.5, "rescue", "control") for c in (18, 15, 13)]]
+
+
 def _collapse_rows(n_seeds, i6_acc=0.8, i7_acc=0.1):
     rows = [_row(20, 8, 6, s, i6_acc, collapsed=i6_acc < 0.15) for s in range(n_seeds)]
     rows += [_row(20, 8, 7, s, i7_acc, collapsed=i7_acc < 0.15) for s in range(n_seeds)]
@@ -97,10 +107,10 @@ def _collapse_rows(n_seeds, i6_acc=0.8, i7_acc=0.1):
 
 
 def test_verdict_needs_three_seeds_and_the_control(tmp_path):
-    pts = collapse_runs._fallback_points()
+    pts = _designed_points()
     _write(tmp_path, _collapse_rows(2))
-    v = verdicts_ch.verdicts("fmnist", tmp_path, summary=collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), pts),
-                    limits=collapse_ch.depth_limit_table(pd.DataFrame()))
+    summary = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), pts)
+    v = verdicts_ch.verdicts("fmnist", tmp_path, summary=summary, limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     assert v[0].verdict == "inconclusive" and v[0].seeds == 2
     _write(tmp_path, _collapse_rows(3))
     s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), pts)
@@ -114,7 +124,8 @@ def test_verdict_needs_three_seeds_and_the_control(tmp_path):
     # I = 7 training in every seed: not reproduced
     _write(tmp_path, _collapse_rows(3, i7_acc=0.8))
     s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), pts)
-    assert verdicts_ch.verdicts("fmnist", tmp_path, summary=s, limits=collapse_ch.depth_limit_table(pd.DataFrame()))[0].verdict \
+    assert verdicts_ch.verdicts("fmnist", tmp_path, summary=s,
+                               limits=collapse_ch.depth_limit_table(pd.DataFrame()))[0].verdict \
         == "not reproduced"
 
 
@@ -125,7 +136,7 @@ def test_rescue_explained_by_c_prime_when_the_control_trains_too(tmp_path):
     for c in (18, 15, 13):
         rows += [_row(c, 8, 7, s, 0.8) for s in range(3)]
     _write(tmp_path, rows)
-    s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), collapse_runs._fallback_points())
+    s = collapse_runs.run_summary(collapse_runs.load_collapse("fmnist", tmp_path), _designed_points())
     v = verdicts_ch.verdicts("fmnist", tmp_path, summary=s, limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     assert v[1].verdict.startswith("explained by fewer capsule types")
 
@@ -219,11 +230,20 @@ def test_rows_are_grouped_by_their_point_label_and_the_verdict_finds_the_experim
     assert s.loc["C20 I=7 (L) float64", "test acc (%)"] == pytest.approx(60.0)
     below, at = verdicts_ch._collapse_pair(s.reset_index())
     assert below["point"] == "C20 I=6 (L-1)" and at["point"] == "C20 I=7 (L)"
-    assert collapse_runs._claim_of("C20 pretrained backbone, unpruned, I=7 (control)", 20, 7, 0.0, "float32", None)[:2] == \
-        ("rescue", "control")
-    assert collapse_runs._claim_of("C'=15 from scratch I=7 (same-width control)", 15, 7, 0.0, "float32", None)[1] == "control"
-    assert collapse_runs._claim_of("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 7, 0.25, "float32", None)[:2] == ("rescue", "test")
-    assert collapse_runs._claim_of("C20 I=8 (L+1) float64", 20, 8, 0.0, "float64", None)[0] == "precision"
+
+
+def test_the_experiment_declares_what_each_point_decides():
+    """collapse_points reads claim and role from the experiment's own points (capslib.experiments.grids)."""
+    decides = {p.label: (p.claim, p.role) for p in collapse_runs.collapse_points("cpu")}
+    assert decides == {
+        "C20 I=6 (L-1)": ("collapse", "control"), "C20 I=7 (L)": ("collapse", "test"),
+        "C20 I=8 (L+1)": ("collapse", "test"), "C'=15 from scratch I=7 (same-width control)": ("rescue", "control"),
+        "CCM+CHIP PR 0.25 (C'=15) I=7": ("rescue", "test"),
+        "C20 pretrained backbone, unpruned, I=7 (control)": ("rescue", "control"),
+        "remedy: C20 I=11 std 0.6, class std 0.1": ("remedy", "test"),
+        "C20 I=7 (L) float64": ("precision", "test"), "C20 I=8 (L+1) float64": ("precision", "test")}
+    pruned = next(p for p in collapse_runs.collapse_points("cpu") if p.claim == "rescue" and p.role == "test")
+    assert (pruned.C, pruned.I, pruned.pr) == (20, 7, 0.25) and pruned.why
 
 
 def _h_summary(f64_beyond_acc: float, remedy_acc: float) -> pd.DataFrame:
@@ -265,7 +285,8 @@ def test_rescue_is_explained_by_each_control_that_trains(tmp_path, narrow_acc, b
     unpruned. Whichever trains is named as the explanation; if neither does, the rescue is pruning's."""
     pts = [collapse_runs.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
            collapse_runs.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
-           collapse_runs.CollapsePoint("C'=15 from scratch I=7 (same-width control)", 15, 8, 7, 0.0, 0.5, "rescue", "control"),
+           collapse_runs.CollapsePoint("C'=15 from scratch I=7 (same-width control)", 15, 8, 7, 0.0, 0.5, "rescue",
+                                       "control"),
            collapse_runs.CollapsePoint("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 8, 7, 0.25, 0.5, "rescue", "test"),
            collapse_runs.CollapsePoint("C20 pretrained backbone, unpruned, I=7 (control)", 20, 8, 7, 0.0, 0.5, "rescue",
                             "control")]

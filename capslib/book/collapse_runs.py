@@ -72,66 +72,19 @@ class CollapsePoint:
         return (self.C, self.D, self.I, round(self.pr, 4), round(self.std, 4))
 
 
-def _fallback_points() -> list[CollapsePoint]:
-    """The decisive runs as designed (issue 10), used while ``capslib.experiments.grids`` has no ``collapse``
-    experiment: CapsNet[20, 8] at the authors' ConvCaps std 0.5 (where the init screen puts the limit at
-    the paper's), I = 6 and 7; I = 7 pruned at PR 0.125 / 0.25 / 0.375; and the control for the rescue:
-    fresh, unpruned CapsNet[C', 8, 7] with the C' each prune leaves (authors' rule: 18, 15, 13)."""
-    pts = [
-        CollapsePoint("C20 D8 I6", 20, 8, 6, 0.0, 0.5, "collapse", "control",
-                      "one layer below the cliff: must train"),
-        CollapsePoint("C20 D8 I7", 20, 8, 7, 0.0, 0.5, "collapse", "test", "the paper's collapse: must sit at chance"),
-    ]
-    for pr in (0.125, 0.25, 0.375):
-        pts.append(CollapsePoint(f"C20 D8 I7 PR{pr:g}", 20, 8, 7, pr, 0.5, "rescue", "test",
-                                 "CCM + CHIP prune of the base model, 7 fresh ConvCaps"))
-    for c in (18, 15, 13):
-        pts.append(CollapsePoint(f"C{c} D8 I7 fresh", c, 8, 7, 0.0, 0.5, "rescue", "control",
-                                 "no pruning, just fewer capsule types (C' of a prune)"))
-    return pts
-
-
 def collapse_points(profile: str = RUNS_PROFILE) -> list[CollapsePoint]:
-    """The decisive points and what each decides: from the ``collapse`` experiment of
-    :mod:`capslib.experiments.grids` when it exists (its point labels; role "control" when the label says so),
-    else :func:`_fallback_points`. The one place to adapt when the experiment's layout changes."""
-    from ..experiments.grids import EXPERIMENTS
+    """The decisive points of the ``collapse`` experiment (:mod:`capslib.experiments.grids`), each with the
+    claim it decides, its role (test or control) and why, as the experiment declares them."""
+    from ..experiments.grids import get_experiment
 
-    exp = EXPERIMENTS.get("collapse")
-    if exp is None:
-        return _fallback_points()
-    fallback = {p.key(): p for p in _fallback_points()}
     out = []
-    for p in exp.grid(profile):
+    for p in get_experiment("collapse").grid(profile):
         ov = dict(p.overrides)
         C, D = int(ov.get("C", 20)), int(ov.get("D", 8))
         I = int(p.I_after if p.I_after is not None else ov.get("I", 0))
-        std = float(ov.get("init_std", 0.5))
-        pr = float(p.pr or 0.0)
-        label = p.label or f"C{C} D{D} I{I}" + (f" PR{pr:g}" if pr else "")
-        claim, role, why = _claim_of(label, C, I, pr, str(ov.get("dtype", "float32")),
-                                     fallback.get((C, D, I, round(pr, 4), round(std, 4))))
-        out.append(CollapsePoint(label, C, D, I, pr, std, claim, role, why))
+        out.append(CollapsePoint(p.label, C, D, I, float(p.pr or 0.0), float(ov.get("init_std", 0.5)), p.claim,
+                                 p.role, p.why))
     return out
-
-
-def _claim_of(label: str, C: int, I: int, pr: float, dtype: str, known: Optional[CollapsePoint]) -> tuple:
-    """(claim, role, why) of an experiment point, from what its label and config say it is: float64 runs
-    test precision, the remedy its own claim, the pretrained-unpruned and same-width-from-scratch runs are
-    the rescue's controls, a prune the rescue's test, and C20 from scratch the collapse (control below
-    the limit, test at and beyond it)."""
-    low = label.lower()
-    if dtype == "float64" or "float64" in low:
-        return "precision", "test", "the same net in float64: does the cliff move by more than one layer?"
-    if "remedy" in low:
-        return "remedy", "test", "no pruning: an init scale chosen from the length map, at ≥ 1.5× the limit"
-    if "pretrained" in low or "control" in low or "fresh" in low or ("from scratch" in low and C != 20):
-        return "rescue", "control", "no CHIP selection: decides whether pruning or fewer types C′ rescues"
-    if pr:
-        return "rescue", "test", "CCM + CHIP prune of the base model, fresh ConvCaps"
-    if known is not None:
-        return known.claim, known.role, known.why
-    return "collapse", ("control" if "(l-1)" in low else "test"), ""
 
 
 def _num(v: Any, default: float = float("nan")) -> float:

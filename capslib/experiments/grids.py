@@ -33,6 +33,10 @@ class Point:
     Figs. 6-7; :func:`capslib.experiments.depth_study.study_row`), "prune" (the §3.5
     pipeline at ``pr``, retrained with ``I_after`` IntermediateCaps) or "depth"
     (a depth search, with pruning at ``pr`` when ``pr > 0``).
+
+    A point of a study that tests claims (``collapse``) also says which ``claim`` it decides, whether it
+    is that claim's "test" or its "control" (``role``), and ``why``; the verdict page reads them. None of
+    the three enters the point's key.
     """
 
     kind: str
@@ -41,6 +45,9 @@ class Point:
     I_after: Optional[int] = None
     max_I: Optional[int] = None
     label: str = ""
+    claim: str = ""
+    role: str = ""
+    why: str = ""
 
     def config(self, profile: str, seed: int = 0) -> RunConfig:
         return apply_overrides(make_profile(profile), seed=seed, **dict(self.overrides))
@@ -240,26 +247,37 @@ def _collapse(profile: str) -> list[Point]:
     the next): from scratch at L−1 and L (and L+1 = L_exact); C' = 15 from scratch and CCM + CHIP pruned
     at PR 0.25, both at L; the pretrained-backbone-unpruned control (the §3.5 pipeline at PR 0: the
     CCM-trained C20 backbone, fresh capsule layers at L, retrained); the remedy at ``remedy_I`` layers;
-    float64 at L and L+1 last (the fused routing kernel runs float64 ~7.5x slower than float32 on CPU, so
-    these six runs are two thirds of the grid's cost). Every point's label is unique (the report keys
-    on it)."""
+    float64 at L and L+1 last (the slowest runs: float64 trains ~1.7x slower than float32 on CPU). Every
+    point's label is unique (the report keys on it); each says which claim it decides and how."""
     k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
     C, D, L, std = k["C"], k["D"], k["L"], k["std"]
     pruned = dict(backbone_widths=k["widths_pruned"])
+    collapse = dict(claim="collapse")
+    rescue_control = dict(claim="rescue", role="control",
+                          why="no CHIP selection: decides whether pruning or fewer types C′ rescues")
+    precision = dict(claim="precision", role="test",
+                     why="the same net in float64: does the cliff move by more than one layer?")
     return [
-        Point("train", _cd(C, D, I=L - 1, init_std=std), label=f"C{C} I={L - 1} (L-1)"),
-        Point("train", _cd(C, D, I=L, init_std=std), label=f"C{C} I={L} (L)"),
-        Point("train", _cd(C, D, I=L + 1, init_std=std), label=f"C{C} I={L + 1} (L+1)"),
+        Point("train", _cd(C, D, I=L - 1, init_std=std), label=f"C{C} I={L - 1} (L-1)", role="control",
+              why="one layer below the cliff: must train", **collapse),
+        Point("train", _cd(C, D, I=L, init_std=std), label=f"C{C} I={L} (L)", role="test",
+              why="the paper's collapse: must sit at chance", **collapse),
+        Point("train", _cd(C, D, I=L + 1, init_std=std), label=f"C{C} I={L + 1} (L+1)", role="test",
+              why="beyond the cliff: must sit at chance", **collapse),
         Point("train", _cd(k["C_pruned"], D, I=L, init_std=std, **pruned),
-              label=f"C'={k['C_pruned']} from scratch I={L} (same-width control)"),
+              label=f"C'={k['C_pruned']} from scratch I={L} (same-width control)", **rescue_control),
         Point("prune", _cd(C, D, I=0, init_std=std), pr=k["pr"], I_after=L,
-              label=f"CCM+CHIP PR {k['pr']:g} (C'={k['C_pruned']}) I={L}"),
+              label=f"CCM+CHIP PR {k['pr']:g} (C'={k['C_pruned']}) I={L}", claim="rescue", role="test",
+              why="CCM + CHIP prune of the base model, fresh ConvCaps"),
         Point("prune", _cd(C, D, I=0, init_std=std), pr=0.0, I_after=L,
-              label=f"C{C} pretrained backbone, unpruned, I={L} (control)"),
+              label=f"C{C} pretrained backbone, unpruned, I={L} (control)", **rescue_control),
         Point("train", _cd(C, D, I=k["remedy_I"], init_std=k["remedy_std"], class_init_std=k["remedy_class_std"]),
-              label=f"remedy: C{C} I={k['remedy_I']} std {k['remedy_std']:g}, class std {k['remedy_class_std']:g}"),
-        Point("train", _cd(C, D, I=L, init_std=std, dtype="float64"), label=f"C{C} I={L} (L) float64"),
-        Point("train", _cd(C, D, I=L + 1, init_std=std, dtype="float64"), label=f"C{C} I={L + 1} (L+1) float64"),
+              label=f"remedy: C{C} I={k['remedy_I']} std {k['remedy_std']:g}, class std {k['remedy_class_std']:g}",
+              claim="remedy", role="test",
+              why="no pruning: an init scale chosen from the length map, at ≥ 1.5× the limit"),
+        Point("train", _cd(C, D, I=L, init_std=std, dtype="float64"), label=f"C{C} I={L} (L) float64", **precision),
+        Point("train", _cd(C, D, I=L + 1, init_std=std, dtype="float64"), label=f"C{C} I={L + 1} (L+1) float64",
+              **precision),
     ]
 
 
