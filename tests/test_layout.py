@@ -6,6 +6,7 @@ hides a cycle from Python, not from a reader).
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+@lru_cache(maxsize=1)
 def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
@@ -55,6 +57,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@lru_cache(maxsize=1)
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
     known = set(mods)

@@ -167,6 +167,14 @@ COMMON_PARAMS: dict[str, Param] = {
     "EPOCHS": _int(None, "training epochs", low=1, optional=True),
 }
 
+#: The collapse and verdict pages train nothing: their own parameters, no C/D/I/EPOCHS of a trained model.
+_EVIDENCE_PARAMS: dict[str, Param] = {
+    "PROFILE": Param("choice", "smoke", "the book's profile (this page trains nothing; accepted for the build)",
+                     choices=tuple(PROFILES)),
+    "RUNS_PROFILE": Param("choice", RUNS_PROFILE, "profile of the decisive runs read from results/collapse/",
+                          choices=tuple(PROFILES)),
+}
+
 #: Each chapter's parameters: the common ones plus its own knobs.
 CHAPTER_PARAMS: dict[str, dict[str, Param]] = {
     "routing": {
@@ -190,29 +198,23 @@ CHAPTER_PARAMS: dict[str, dict[str, Param]] = {
     "chip": {**COMMON_PARAMS, "PR": _float(0.25, "pruning ratio", low=0, high=1, high_open=True)},
     "depth": {**COMMON_PARAMS, "PR": _float(0.25, "pruning ratio", low=0, high=1, high_open=True)},
     "kernels": {**COMMON_PARAMS, "PR": _float(0.25, "pruning ratio", low=0, high=1, high_open=True)},
+    "collapse": {
+        **_EVIDENCE_PARAMS,
+        "SEED": Param("int", 0, "model seed of the live initialisation screens", low=0),
+        "BATCH": Param("int", 32, "Fashion-MNIST test images in the live screens", low=2, high=256),
+        "C": Param("int", 20, "capsule types of the length-per-layer figure", low=1, high=64),
+        "D": Param("int", 8, "capsule dimensions of the length-per-layer figure", low=1, high=32),
+        "I": Param("int", 8, "ConvCaps layers of the length-per-layer figure", low=0, high=16),
+        "INIT_STD": Param("float", 0.5, "ConvCaps init std of the length-per-layer figure", low=0, low_open=True,
+                          high=5),
+        "STDS": Param("float_list", [0.3, 0.5, 0.7], "init std values of the slider", low=0, low_open=True, high=5),
+        "PRS": Param("float_list", [0.125, 0.25, 0.375], "pruning ratios of the PR slider", low=0, low_open=True,
+                     high=1, high_open=True),
+        "I_MAX": Param("int", 10, "deepest model of each slider screen", low=1, high=16),
+    },
+    "verdicts": dict(_EVIDENCE_PARAMS),
 }
 
-#: The collapse and verdict pages train nothing: their own parameters, no C/D/I/EPOCHS of a trained model.
-_EVIDENCE_PARAMS: dict[str, Param] = {
-    "PROFILE": Param("choice", "smoke", "the book's profile (this page trains nothing; accepted for the build)",
-                     choices=tuple(PROFILES)),
-    "RUNS_PROFILE": Param("choice", RUNS_PROFILE, "profile of the decisive runs read from results/collapse/",
-                          choices=tuple(PROFILES)),
-}
-CHAPTER_PARAMS["verdicts"] = dict(_EVIDENCE_PARAMS)
-CHAPTER_PARAMS["collapse"] = {
-    **_EVIDENCE_PARAMS,
-    "SEED": Param("int", 0, "model seed of the live initialisation screens", low=0),
-    "BATCH": Param("int", 32, "Fashion-MNIST test images in the live screens", low=2, high=256),
-    "C": Param("int", 20, "capsule types of the length-per-layer figure", low=1, high=64),
-    "D": Param("int", 8, "capsule dimensions of the length-per-layer figure", low=1, high=32),
-    "I": Param("int", 8, "ConvCaps layers of the length-per-layer figure", low=0, high=16),
-    "INIT_STD": Param("float", 0.5, "ConvCaps init std of the length-per-layer figure", low=0, low_open=True, high=5),
-    "STDS": Param("float_list", [0.3, 0.5, 0.7], "init std values of the slider", low=0, low_open=True, high=5),
-    "PRS": Param("float_list", [0.125, 0.25, 0.375], "pruning ratios of the PR slider", low=0, low_open=True,
-                 high=1, high_open=True),
-    "I_MAX": Param("int", 10, "deepest model of each slider screen", low=1, high=16),
-}
 
 # Names IPython and Jupyter put in a kernel's namespace that are not parameters.
 _KERNEL_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}

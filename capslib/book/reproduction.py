@@ -15,8 +15,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .build import REPO_ROOT
 from .chapters.chip import plannability
-from .runner import REPO, sizes_phrase
+from .runner import sizes_phrase
 from .tables import _config_label, paper_pivot, sweep_overrides, sweep_report, sweep_rows
 
 # ======================================================================================
@@ -124,7 +125,7 @@ def _store_status(name: str, profile: str, results_root: Optional[str]) -> tuple
 
     store = ResultsStore.for_experiment(name, profile, results_root)
     if not store.path.exists():
-        return False, f"`{store.path.relative_to(REPO) if store.path.is_relative_to(REPO) else store.path}` does not exist"
+        return False, f"`{store.path.relative_to(REPO_ROOT) if store.path.is_relative_to(REPO_ROOT) else store.path}` does not exist"
     df = store.read()
     ok = df[df["status"] == "ok"] if "status" in df else df
     if ok.empty:

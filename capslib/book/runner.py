@@ -17,7 +17,6 @@ import math
 import warnings
 from contextlib import contextmanager
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
@@ -255,8 +254,12 @@ def layer_order(name: str) -> tuple[int, int]:
     return (2, 0)
 
 
-def _pct(v: Any, precise: bool) -> Any:
-    v = 100 * float(v)
+def _pct(v: Any, precise: bool = False) -> Any:
+    """A fraction as a percentage: whole percent unless ``precise``; NaN and non-numbers as they are."""
+    try:
+        v = 100 * float(v)
+    except (TypeError, ValueError):
+        return v
     return v if precise or math.isnan(v) else int(round(v))
 
 
@@ -299,9 +302,6 @@ def probe_grid(models: Mapping[Any, Any], cfg: RunConfig, split: str = "test") -
     """:func:`probe` for every model of a grid."""
     return {k: probe(m, cfg, split) for k, m in models.items()}
 
-
-#: The repository root (results/, runs/).
-REPO = Path(__file__).resolve().parents[2]
 
 # ======================================================================================
 # Scale: the one place for the smoke sizes of these chapters and their sweeps

@@ -19,7 +19,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ..engine.config import RunConfig
-from .runner import REPO, SWEEP_OVERRIDES, quiet_threads
+from . import plots as pl
+from .build import REPO_ROOT
+from .runner import SWEEP_OVERRIDES, quiet_threads
 
 
 # ======================================================================================
@@ -35,7 +37,7 @@ def sweep_overrides(experiment: str, profile: str, dataset: Optional[str] = None
 
 
 def _checkpoints(experiment: str) -> Path:
-    return REPO / "runs" / "sweeps" / experiment
+    return REPO_ROOT / "runs" / "sweeps" / experiment
 
 
 def sweep_points(experiment: str, profile: str, dataset: Optional[str] = None) -> list[tuple[Any, RunConfig, str]]:
@@ -232,7 +234,7 @@ def table_lines(paper: pd.DataFrame, ours: pd.DataFrame, x: str, ours_label: str
     ``paper`` / ``ours``: pivots (rows: model, columns: x), e.g. from :func:`paper_pivot`.
     The two panels have their own y axes: they are different datasets.
     """
-    sns, pl = _sns(), _plots()
+    sns = pl._sns()
     # one panel above the other, each with its legend to its right: a legend never covers a line
     fig = Figure(figsize=(pl.PAGE_WIDTH_IN, 6.6), layout="constrained")
     axes = fig.subplots(2, 1)
@@ -260,23 +262,3 @@ def _num_label(v: Any) -> float:
     except (TypeError, ValueError):
         m = re.match(r"\s*([0-9.]+)", str(v))
         return float(m[1]) if m else math.nan
-
-
-def _pct(v: Any) -> Any:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return v
-    return v if math.isnan(v) else int(round(100 * v))
-
-
-def _sns():
-    from .plots import _sns as sns
-
-    return sns()
-
-
-def _plots():
-    from . import plots
-
-    return plots

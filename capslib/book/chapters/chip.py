@@ -15,8 +15,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ...engine.config import ModelConfig, RunConfig
-from ..runner import REPO, layer_order, load_data, quiet_threads
-from ..tables import _config_label, _plots, _sns, point_models, sweep_points
+from .. import plots as pl
+from ..build import REPO_ROOT
+from ..runner import layer_order, load_data, quiet_threads
+from ..tables import _config_label, point_models, sweep_points
 
 
 # ======================================================================================
@@ -31,7 +33,7 @@ def chip_pipeline(cfg: RunConfig, pr: float, **kwargs: Any):
     """
     from ...experiments.pipeline import prune_pipeline
 
-    ckpt = REPO / "runs" / "book" / f"pipeline-{cfg.config_hash()}"
+    ckpt = REPO_ROOT / "runs" / "book" / f"pipeline-{cfg.config_hash()}"
     with quiet_threads():
         return prune_pipeline(cfg, pr, checkpoint_dir=ckpt, experiment="book", data=load_data(cfg),
                               progress=False, **kwargs)
@@ -203,7 +205,7 @@ def ci_bars(scores: Mapping[str, Mapping[str, np.ndarray]], plans: Mapping[str, 
 
     ``scores``: :func:`chip_scores`; ``plans``: ``{estimator: PrunePlan}``.
     """
-    sns, pl = _sns(), _plots()
+    sns = pl._sns()
     ests = list(scores)
     layers = list(next(iter(scores.values())))
     fig = Figure(figsize=(pl.PAGE_WIDTH_IN, 2.4 * len(ests) + 1.0), layout="constrained")
@@ -232,7 +234,7 @@ def ci_bars(scores: Mapping[str, Mapping[str, np.ndarray]], plans: Mapping[str, 
 
 
 def _ci_strip(ax, scores: Mapping[str, np.ndarray], plan, title: str, legend: bool = False) -> None:
-    sns, pl = _sns(), _plots()
+    sns = pl._sns()
     width = ax.get_position().width * ax.figure.get_figwidth()
     if isinstance(plan, str):
         ax.text(0.5, 0.5, "no plan:\n" + pl.wrap_title(plan, width, pl.FONT["small"]), ha="center", va="center",
@@ -266,7 +268,6 @@ def ci_grid(cells: Mapping[tuple[Any, Any], tuple[Mapping[str, np.ndarray], Any,
 
     ``cells``: ``{(a, b): (scores, plan or message, panel title)}``.
     """
-    pl = _plots()
     rows = list(dict.fromkeys(a for a, _ in cells))
     cols = list(dict.fromkeys(b for _, b in cells))
     fig = Figure(figsize=pl.book_figsize(2.6 * len(cols) + 1.2, 2.8 * len(rows) + (0.6 if title else 0)),

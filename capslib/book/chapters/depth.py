@@ -13,15 +13,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ...engine.config import RunConfig
-from ..runner import REPO, layer_order, load_data, probe, quiet_threads
-from ..tables import _config_label, _pct, _plots, _sns
+from .. import plots as pl
+from ..build import REPO_ROOT
+from ..runner import _pct, layer_order, load_data, probe, quiet_threads
+from ..tables import _config_label
 
 
 def heatmap_size(probes: Mapping[Any, Any]) -> tuple[float, float]:
     """One figure size for the activation heatmaps of several probes, so that slider panels do not jump."""
     width = max(max(len(v) for v in p.activations["paper000"].values()) for p in probes.values())
     rows = max(len(p.layers) for p in probes.values())
-    return _plots().heatmap_figsize(width, rows)
+    return pl.heatmap_figsize(width, rows)
 
 
 def probes_of(models: Iterable[tuple[Any, RunConfig, Any]], key) -> dict[Any, Any]:
@@ -116,7 +118,7 @@ def depth_with_pruning(cfg: RunConfig, pr: float, max_I: int):
     # the stage folders of the base, CCM and pruned stages are keyed by their own settings, so the search shares
     # them with chip_pipeline() on the same base model (CapsNet[C, D, 0]) and reuses what the CHIP chapter trained
     base = RunConfig(model=cfg.model.replace(I=0), data=cfg.data, train=cfg.train, profile=cfg.profile)
-    ckpt = REPO / "runs" / "book" / f"pipeline-{base.config_hash()}"
+    ckpt = REPO_ROOT / "runs" / "book" / f"pipeline-{base.config_hash()}"
     with quiet_threads():
         return depth_search(cfg, pr=pr, max_I=max_I, checkpoint_dir=ckpt, experiment="book",
                             data=load_data(cfg), progress=False)
@@ -128,7 +130,7 @@ def depth_curves(trials: pd.DataFrame, chance: float = 10.0, title: Optional[str
     ``trials``: rows with ``I``, ``test acc (%)``, ``collapsed``, ``series``;
     collapsed runs are marked with a cross, chance level is dotted.
     """
-    sns, pl = _sns(), _plots()
+    sns = pl._sns()
     fig = Figure(figsize=(7.2, 3.8), layout="constrained")
     ax = fig.add_subplot()
     sns.lineplot(data=trials, x="I", y="test acc (%)", hue="series", style="series", markers=True, dashes=False,
@@ -172,7 +174,7 @@ def dead_history_table(hist: pd.DataFrame) -> pd.DataFrame:
 
 def dead_history_figure(hist: pd.DataFrame, title: Optional[str] = None) -> Figure:
     """Dead capsule types per layer and validation accuracy over the epochs (like the paper's Fig. 3)."""
-    sns, pl = _sns(), _plots()
+    sns = pl._sns()
     fig = Figure(figsize=(pl.PAGE_WIDTH_IN, 3.4), layout="constrained")
     a, b = fig.subplots(1, 2)
     sns.lineplot(data=hist, x="epoch", y="dead types (%)", hue="layer", marker="o", ax=a)
@@ -195,7 +197,7 @@ def dead_bars(table: pd.DataFrame, title: Optional[str] = None) -> Figure:
     One panel per I, one bar per PR with the same colour in every panel; every bar carries its value,
     so a panel of 0 % bars says so instead of looking empty.
     """
-    sns, pl = _sns(), _plots()
+    sns = pl._sns()
     long = table.reset_index().melt(id_vars=["model", "PR", "I"],
                                     value_vars=[c for c in table.columns if c.startswith("dead")],
                                     var_name="layer", value_name="dead types (%)")

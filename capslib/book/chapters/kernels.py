@@ -11,8 +11,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ...engine.config import RunConfig
-from ..runner import REPO, load_data, quiet_threads
-from ..tables import _config_label, _pct, _plots, _sns
+from .. import plots as pl
+from ..build import REPO_ROOT
+from ..runner import _pct, load_data, quiet_threads
+from ..tables import _config_label
 from .chip import stage_model
 
 
@@ -35,7 +37,7 @@ def kernel_configs(points: Sequence[tuple[Any, RunConfig, str]]) -> pd.DataFrame
 
 def kernel_bars(paper: pd.DataFrame, ours: pd.DataFrame, ours_label: str, title: Optional[str] = None) -> Figure:
     """Table 4 as bars: accuracy per model and convolution setting, the paper's (left) and ours (right)."""
-    sns, pl = _sns(), _plots()
+    sns = pl._sns()
     # one order and one colour per setting for both panels (the paper's table lists k5 first, ours k3)
     levels = sorted({str(c) for tab in (paper, ours) for c in tab.columns})
     palette = pl.level_palette(levels)
@@ -93,7 +95,7 @@ def similarity_vs_chip(result, cfg: RunConfig, fold_bn: bool = True) -> dict[str
         test0, _ = evaluate(pruned, data, "test", probe=False)
         rcfg = RunConfig(model=pruned.config, data=cfg.data, train=retrain_rec.config.train, profile=cfg.profile)
         key = f"similarity-{rcfg.config_hash()}-{result.stages['ccm'].row['stage_key']}-fold{int(fold_bn)}"
-        res, retrained = fit(rcfg, data=data, model=pruned, checkpoint_dir=REPO / "runs" / "book" / key,
+        res, retrained = fit(rcfg, data=data, model=pruned, checkpoint_dir=REPO_ROOT / "runs" / "book" / key,
                              progress=False)
     row = run_row(rcfg, res, experiment="book", stage="similarity-retrain", key_extra=key,
                   extra={"pr": chip_plan.pr, "prune_mode": "kernel similarity", "fold_bn": fold_bn,
@@ -149,7 +151,7 @@ def similarity_heatmaps(model, title: Optional[str] = None) -> Figure:
     """Cosine similarity of every pair of channels of each conv layer: BN-folded (top) and raw kernels (bottom)."""
     from ...pruning.similarity import layer_similarities, min_cosine_distance
 
-    sns, pl = _sns(), _plots()
+    sns = pl._sns()
     sims = {True: layer_similarities(model, fold_bn=True), False: layer_similarities(model, fold_bn=False)}
     layers = list(sims[True])
     side = min(2.1, (pl.PAGE_WIDTH_IN - 1.1) / len(layers))
