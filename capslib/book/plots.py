@@ -181,7 +181,7 @@ def _sources(source: Any) -> list[Any]:
 
 def _info_one(src: Any) -> dict[str, str]:
     from ..engine.config import RunConfig
-    from ..engine.provenance import capslib_version, device_info, resolve_device
+    from ..engine.provenance import capslib_version, device_info, numerics_info, resolve_device
 
     if isinstance(src, RunConfig):
         try:
@@ -189,7 +189,8 @@ def _info_one(src: Any) -> dict[str, str]:
         except RuntimeError:  # asks for CUDA on a machine without one
             dev = {"device": src.train.device, "device_name": "not available here"}
         return {"config_hash": src.config_hash(), "profile": src.profile, "dataset": src.data.dataset,
-                "seed": str(src.train.seed), **dev, "capslib_version": capslib_version()}
+                "seed": str(src.train.seed), **dev, "capslib_version": capslib_version(),
+                "numerics": _numerics_text(numerics_info()) if dev["device"] == "cpu" else ""}
     return {
         "config_hash": str(src.get("config_hash", "?")),
         "profile": str(src.get("profile", "?")),
@@ -198,7 +199,17 @@ def _info_one(src: Any) -> dict[str, str]:
         "device": str(src.get("device", "?")),
         "device_name": str(src.get("device_name", "") or ""),
         "capslib_version": str(src.get("capslib_version", "?")),
+        "numerics": _numerics_text(src) if str(src.get("device", "")) == "cpu" else "",
     }
+
+
+def _numerics_text(src: Any) -> str:
+    """``avx512 · oneDNN native · kernel native=znver3+avx512``: the instruction sets a CPU row was
+    computed with (:func:`capslib.engine.provenance.numerics_info`), or ``not recorded`` for older rows."""
+    isa = src.get("cpu_isa")
+    if not isa or str(isa) == "nan":
+        return "not recorded"
+    return f"ATen {isa}, oneDNN {src.get('onednn_isa', '?')}, kernel {src.get('kernel_march', '?')}"
 
 
 def provenance_info(source: Any) -> dict[str, list[str]]:
@@ -215,7 +226,7 @@ def provenance_info(source: Any) -> dict[str, list[str]]:
     for info in infos:
         dev = info["device"] + (f" ({info['device_name']})" if info["device_name"] else "")
         info = {**info, "device": dev}
-        for k in ("dataset", "profile", "seed", "device", "capslib_version", "config_hash"):
+        for k in ("dataset", "profile", "seed", "device", "numerics", "capslib_version", "config_hash"):
             out.setdefault(k, [])
             if info[k] not in out[k]:
                 out[k].append(info[k])
@@ -230,11 +241,12 @@ def provenance_text(source: Any, note: Optional[str] = None) -> str:
     notes = [PROFILE_NOTES[q] for q in p["profile"] if q in PROFILE_NOTES]
     seeds = ("seed " if len(p["seed"]) == 1 else "seeds ") + ", ".join(p["seed"])
     devices = ("device " if len(p["device"]) == 1 else "devices ") + "; ".join(p["device"])
+    numerics = [n for n in p["numerics"] if n]
     version = "capslib " + ", ".join(p["capslib_version"])
     hashes = ("config " if len(p["config_hash"]) == 1 else "configs ") + ", ".join(
         f"`{h}`" for h in p["config_hash"])
     parts = [datasets, f"profile {profiles}" + (f" ({'; '.join(notes)})" if notes else ""),
-             seeds, devices, version, hashes]
+             seeds, devices] + (["numerics " + "; ".join(numerics)] if numerics else []) + [version, hashes]
     text = "*Provenance:* " + " · ".join(parts)
     if note:
         text += f" · {note}"
@@ -245,7 +257,8 @@ def provenance_footer(source: Any, note: Optional[str] = None):
     """A small Markdown line for under a figure or table: where its numbers came from.
 
     Shows dataset, profile (and, for ``smoke``, that it is a smoke-scale check,
-    not a reproduction), seed, device, capslib version and config hash(es).
+    not a reproduction), seed, device, the instruction sets of CPU runs (two rows that
+    differ only by them may differ in their last digits), capslib version and config hash(es).
     ``source`` is a result row from the store (what ``cached_fit`` returns), a
     :class:`RunConfig` (then device and version are this machine's), or a list
     or dict of them; ``note`` adds a remark (e.g. which images were used).

@@ -11,7 +11,7 @@ and nothing of vote size is kept for backward (the forward pass saves only u and
 
 The kernel is plain C++ with a C ABI, compiled once per machine with the system's C++ compiler
 (``g++ -O3 -march=native``; about a minute) into ``$CAPSLIB_KERNELS`` (default
-``~/.cache/capslib/kernels``), keyed by a hash of the source, the compiler and the CPU's flags,
+``~/.cache/capslib/kernels``), keyed by a hash of the source, the compiler, its flags and the CPU's flags,
 and called through ctypes, which releases the GIL: the problems are split into
 ``torch.get_num_threads()`` ranges, one Python thread each. ``scripts/setup.sh`` builds it at
 install time (``capslib.engine.fused_routing.main()``); otherwise the first use does.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -42,10 +44,15 @@ from torch.autograd.function import once_differentiable
 
 from .provenance import user_cache_dir
 
-__all__ = ["available", "status", "route", "build", "kernel_path"]
+__all__ = ["available", "status", "route", "build", "build_target", "kernel_path", "march"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_routing.cpp"
-_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wno-psabi"]
+_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-Wno-psabi"]
+#: The kernel's ``-march`` comes from this variable (default ``native``). The vector width, and so the
+#: order in which sums are rounded, follows the target: ``CAPSLIB_KERNEL_MARCH=x86-64-v3`` builds the
+#: AVX2 kernel on an AVX-512 machine, e.g. to compare a run's numerics across instruction sets.
+MARCH_ENV = "CAPSLIB_KERNEL_MARCH"
+_MARCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 #: Largest vote (output capsule) dimension the kernel takes; larger ones use the PyTorch path.
 MAX_DIMS = 32
 _lock = threading.Lock()
@@ -65,6 +72,41 @@ def _compiler() -> Optional[str]:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
+def march() -> str:
+    """The ``-march`` target the kernel is built for: ``$CAPSLIB_KERNEL_MARCH``, default ``native``."""
+    value = os.environ.get(MARCH_ENV, "").strip() or "native"
+    if not _MARCH_RE.match(value):
+        raise ValueError(f"{MARCH_ENV}={value!r} is not a compiler target name (e.g. native, x86-64-v3)")
+    return value
+
+
+def _flags() -> list[str]:
+    return [*_FLAGS, f"-march={march()}"]
+
+
+@lru_cache(maxsize=None)
+def _resolved_native(cxx: str) -> str:
+    """What ``-march=native`` means to ``cxx`` on this CPU, with its widest vector ISA (``znver3+avx512``)."""
+    try:
+        out = subprocess.run([cxx, "-march=native", "-Q", "--help=target"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    m = re.search(r"^\s*-march=\s*(\S+)", out, re.M)
+    widest = next((isa for flag, isa in (("avx512f", "avx512"), ("avx2", "avx2"), ("sse4.2", "sse4.2"))
+                   if re.search(rf"^\s*-m{re.escape(flag)}\s+\[enabled\]", out, re.M)), "")
+    return (m.group(1) if m else "?") + (f"+{widest}" if widest else "")
+
+
+def build_target() -> str:
+    """The kernel's build target for provenance: ``native=znver3+avx512``, ``x86-64-v3``, or ``off`` when
+    the kernel is not used (disabled, or it could not be built)."""
+    if not available():
+        return "off"
+    m = march()
+    return f"native={_resolved_native(_compiler())}" if m == "native" else m
+
+
 def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -82,7 +124,7 @@ def kernel_path() -> Optional[Path]:
     if cxx is None:
         return None
     h = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), cxx.encode(), " ".join(_FLAGS).encode(), _cpu_flags().encode()):
+    for part in (_SOURCE.read_bytes(), cxx.encode(), " ".join(_flags()).encode(), _cpu_flags().encode()):
         h.update(part)
     return _cache_dir() / f"fused_routing_{h.hexdigest()[:16]}.so"
 
@@ -102,7 +144,7 @@ def build(verbose: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [_compiler(), *_FLAGS, str(_SOURCE), "-o", tmp]
+    cmd = [_compiler(), *_flags(), str(_SOURCE), "-o", tmp]
     if verbose:
         print("capslib: building the fused routing kernel:", " ".join(cmd), file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -125,7 +167,7 @@ def _load() -> Optional[ctypes.CDLL]:
             lib = ctypes.CDLL(str(build()))
             if lib.capslib_routing_abi_version() != 2:
                 raise RuntimeError("kernel ABI version mismatch")
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, ValueError) as exc:
             _reason = f"the fused routing kernel could not be built or loaded: {exc}"
             return None
         i64, i32, dbl, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p

@@ -14,7 +14,8 @@ import torch
 #: The release (pyproject.toml's version); :func:`capslib_version` adds the source fingerprint.
 __version__ = "0.1.0"
 
-__all__ = ["capslib_version", "git_state", "device_info", "provenance", "resolve_device", "user_cache_dir"]
+__all__ = ["capslib_version", "git_state", "device_info", "numerics_info", "provenance", "resolve_device",
+           "user_cache_dir"]
 
 
 def user_cache_dir(sub: str, env_var: str) -> Path:
@@ -99,14 +100,38 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def numerics_info() -> dict[str, str]:
+    """The instruction sets a CPU number was computed with, lower case.
+
+    The same code rounds differently on different CPUs, and one epoch of training turns the last digit
+    into a visible one (DESIGN.md §3d), so every row names them: ``cpu_isa``, the kernels PyTorch's
+    ATen dispatches to (``avx512``, ``avx2``, ``default``; lowered by ``ATEN_CPU_CAPABILITY``);
+    ``onednn_isa``, the cap on oneDNN's convolutions (``DNNL_MAX_CPU_ISA``; ``native`` when unset);
+    ``kernel_march``, the fused routing kernel's build target (``native=znver3+avx512``, ``x86-64-v3``, ``off``).
+    """
+    from . import fused_routing
+
+    try:
+        cpu_isa = torch.backends.cpu.get_cpu_capability().lower()
+    except Exception:  # an old torch without the query
+        cpu_isa = "?"
+    return {
+        "cpu_isa": cpu_isa,
+        "onednn_isa": (os.environ.get("DNNL_MAX_CPU_ISA") or os.environ.get("ONEDNN_MAX_CPU_ISA")
+                       or "native").lower(),
+        "kernel_march": fused_routing.build_target(),
+    }
+
+
 def provenance(device: Optional[torch.device] = None) -> dict[str, object]:
-    """Versions, device and git state, for every result row and JSON result."""
+    """Versions, device, the CPU's instruction sets and git state, for every result row and JSON result."""
     sha, dirty = git_state()
     return {
         "capslib_version": capslib_version(),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda or "none",
         **device_info(device),
+        **numerics_info(),
         "git_sha": sha,
         "git_dirty": dirty,
         "python": platform.python_version(),

@@ -43,8 +43,8 @@ __all__ = ["run_key", "run_row", "failed_row", "ResultsStore", "default_results_
 
 #: Columns that identify a row and say where it came from; metric columns follow.
 LEAD_COLUMNS = ["run_key", "experiment", "stage", "status", "config_hash", "profile", "seed"]
-PROVENANCE_COLUMNS = ["capslib_version", "torch_version", "cuda_version", "device", "device_name", "git_sha",
-                      "git_dirty", "python", "timestamp"]
+PROVENANCE_COLUMNS = ["capslib_version", "torch_version", "cuda_version", "device", "device_name", "cpu_isa",
+                      "onednn_isa", "kernel_march", "git_sha", "git_dirty", "python", "timestamp"]
 
 
 def default_results_dir() -> Path:

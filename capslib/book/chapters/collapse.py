@@ -123,7 +123,8 @@ def live_footer(seed: int, n_images: int, note: Optional[str] = None) -> str:
     p = provenance(torch.device("cpu"))
     text = (f"*Provenance:* Fashion-MNIST, test images 0–{n_images - 1} · computed live when this page was built, "
             f"at initialisation (no training; no profile applies) · seed {seed} · device "
-            f"{p.get('device_name') or 'cpu'} · capslib {p['capslib_version']}")
+            f"{p.get('device_name') or 'cpu'} · numerics ATen {p['cpu_isa']}, oneDNN {p['onednn_isa']}, kernel "
+            f"{p['kernel_march']} · capslib {p['capslib_version']}")
     return text + (f" · {note}" if note else "")
 
 
