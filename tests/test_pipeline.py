@@ -256,3 +256,36 @@ def test_the_pipeline_takes_the_configs_chip_estimator_unless_told():
     assert resolve_estimator(cfg, None) == "per_image"
     assert resolve_estimator(authors, None) == "batch_mean_r4"  # their code's estimator
     assert resolve_estimator(authors, "per_image") == "per_image"
+
+
+@pytest.mark.parametrize("selection", ["random", "anti_chip", "chip_base"])
+def test_channel_selection_controls_keep_the_counts_and_change_the_channels(first_run, data, ckpt, selection):
+    """The controls of issue 19: the same per-layer removal counts as CHIP's plan, other channels; the CHIP
+    stages are shared through the checkpoints, and the paper's keys (selection "chip") are unchanged."""
+    res, _ = first_run
+    store = ResultsStore(ckpt / f"rows-{selection}.csv")
+    other = prune_pipeline(tiny(), 0.25, data=data, checkpoint_dir=ckpt, store=store, progress=False,
+                           selection=selection, **CI)
+    assert other.stages["base"].resumed and other.stages["ccm"].resumed  # shared with the CHIP arm
+    assert not other.stages["pruned"].resumed  # its own stage, under its own key
+    for mine, chip in zip(other.plan.layers, res.plan.layers):
+        assert (mine.name, mine.n_removed) == (chip.name, chip.n_removed)
+    assert any(m.removed != c.removed for m, c in zip(other.plan.layers, res.plan.layers))
+    rows = store.read()
+    assert (rows["selection"] == selection).all()
+    assert res.stages["retrain"].row["selection"] == "chip"
+    if selection == "anti_chip":  # the highest-CI channels go: exactly the complement's top of CHIP's ranking
+        from capslib.pruning.prune import chip_batches, ci_layer_scores
+
+        ccm = res.stages["ccm"]
+        scores = ci_layer_scores(load_model(ccm.config, stage_dir(res, "ccm") / "best.pt"),
+                                 chip_batches(data, 2, 64, seed=0), estimator="per_image")
+        for layer in other.plan.layers:
+            if layer.n_removed:
+                top = set(scores[layer.name].argsort(descending=True)[: layer.n_removed].tolist())
+                assert set(layer.removed) == top
+
+
+def test_unknown_selection_is_refused(data):
+    with pytest.raises(ValueError, match="selection must be one of"):
+        prune_pipeline(tiny(), 0.25, data=data, progress=False, selection="best", **CI)

@@ -58,7 +58,7 @@ _ALT_ROUTING_FIELDS = ("em_final_lambda", "vb_alpha0", "vb_kappa0", "vb_psi0", "
 DTYPES = ("float32", "float64")
 #: TrainConfig fields added after results were stored: left out of the config hash while they hold
 #: their defaults, so adding them kept every existing hash (and cache).
-_LATE_TRAIN_FIELDS = ("dtype",)
+_LATE_TRAIN_FIELDS = ("dtype", "patience")
 #: ModelConfig fields added after results were stored (the authors' preset, issue 10): left out of the
 #: config hash while they hold their defaults, so adding them kept every existing hash (and cache).
 _LATE_MODEL_FIELDS = ("convcaps_layout", "class_init_std", "squash_eps", "prune_rule", "chip_estimator",
@@ -370,6 +370,9 @@ class TrainConfig(_JsonMixin):
     #: Parameter and activation dtype: "float32" (default) or "float64" (slower; for checking
     #: whether a collapse is a matter of floating-point precision). AMP applies to float32 only.
     dtype: str = "float32"
+    #: Plateau rule: stop once validation accuracy has not improved for this many epochs (``epochs`` is
+    #: then the maximum); 0 trains every epoch. The rigorous-verdicts runs use 3 with at most 10 epochs.
+    patience: int = 0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
@@ -384,6 +387,8 @@ class TrainConfig(_JsonMixin):
         _check(self.loss in ("auto", "margin", "spread"),
                f"loss must be 'auto', 'margin' or 'spread', got {self.loss!r}")
         _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check(isinstance(self.patience, int) and self.patience >= 0,
+               f"patience must be an integer >= 0 (0: no early stop), got {self.patience!r}")
         _check(not (self.amp and self.dtype == "float64"), "amp (bf16 autocast) cannot be combined with dtype 'float64'")
 
     @property

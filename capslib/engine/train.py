@@ -12,6 +12,11 @@
   ``state_dict``s loadable with ``torch.load(..., weights_only=True)``.
 * **Resume.** A run restarted with the same ``checkpoint_dir`` continues from
   ``last.pt`` and ends with the same metrics as an uninterrupted run.
+* **Plateau.** With ``train.patience`` > 0 the run stops once validation
+  accuracy has not improved for that many epochs (``train.epochs`` is the cap).
+* **Signal.** Each epoch's record holds, at its first step, the gradient, implied
+  and actual Adam update per parameter group and the capsule lengths
+  (:mod:`capslib.engine.criterion`).
 * **NaN.** A non-finite loss stops the run with :class:`TrainingDiverged`;
   ``last.pt`` still holds the last good epoch.
 """
@@ -29,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .atomic import CheckpointError, load_checkpoint, save_atomic, save_text_atomic
 from .config import RunConfig
+from .criterion import gradient_signal, length_signal, snapshot, step_signal
 from .data import DataSplits, load_splits
 from .losses import total_loss
 from .model import CapsNet, count_params
@@ -56,6 +62,9 @@ class EpochRecord:
     dead: dict[str, float] = field(default_factory=dict)  # layer -> dead fraction (paper 000)
     dead_002: dict[str, float] = field(default_factory=dict)  # layer -> dead fraction (paper 002)
     test_acc: Optional[float] = None  # only with select_on="test"
+    #: At the epoch's first step (:mod:`capslib.engine.criterion`): per parameter group the gradient of
+    #: the trained loss, the Adam update it implies and the one Adam made; the capsule lengths.
+    signal: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,6 +195,11 @@ def fit(
     for epoch in range(start_epoch, tc.epochs):
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
+        if tc.patience and epoch - best_epoch >= tc.patience:  # the plateau rule (also on a resumed run)
+            if progress:
+                tqdm.write(f"plateau: validation accuracy has not improved for {tc.patience} epochs (best: "
+                           f"epoch {best_epoch}); stopping")
+            break
         t0 = time.perf_counter()
         model.train()
         sums = {"loss": 0.0, "margin": 0.0, "ccm": 0.0, "correct": 0, "n": 0}
@@ -215,7 +229,14 @@ def fit(
                     f"Try a smaller lr or init_std.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if step == 0:  # the training signal, per parameter group, at the first step of every epoch
+                signal = {"step": epoch * steps, "groups": gradient_signal(model, tc.lr),
+                          "lengths": length_signal(out)}
+                before = snapshot(model)
             opt.step()
+            if step == 0:
+                for name, d in step_signal(model, before).items():
+                    signal["groups"][name].update(d)
             b = len(y)
             sums["loss"] += loss.item() * b
             sums["margin"] += margin.item() * b
@@ -234,6 +255,7 @@ def fit(
             wall_time=time.perf_counter() - t0,
             dead=probe.dead_fraction("paper000") if probe else {},
             dead_002=probe.dead_fraction("paper002") if probe else {},
+            signal=signal,
         )
         score = val_acc
         if tc.select_on == "test":

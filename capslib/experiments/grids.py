@@ -48,12 +48,15 @@ class Point:
     claim: str = ""
     role: str = ""
     why: str = ""
+    #: For a "prune" point: which channels go (:data:`capslib.experiments.pipeline.SELECTIONS`).
+    selection: str = "chip"
 
     def config(self, profile: str, seed: int = 0) -> RunConfig:
         return apply_overrides(make_profile(profile), seed=seed, **dict(self.overrides))
 
     def key_extra(self) -> str:
-        return f"{self.kind}|pr={self.pr}|I_after={self.I_after}|max_I={self.max_I}"
+        sel = "" if self.selection == "chip" else f"|selection={self.selection}"  # older keys unchanged
+        return f"{self.kind}|pr={self.pr}|I_after={self.I_after}|max_I={self.max_I}{sel}"
 
     def describe(self) -> str:
         ov = " ".join(f"{k}={v}" for k, v in self.overrides)
@@ -64,6 +67,8 @@ class Point:
             extra.append(f"I_after={self.I_after}")
         if self.max_I is not None:
             extra.append(f"max_I={self.max_I}")
+        if self.selection != "chip":
+            extra.append(f"selection={self.selection}")
         return f"{self.kind:5s} {ov} {' '.join(extra)}".rstrip()
 
 
@@ -132,6 +137,9 @@ class Experiment:
     columns: tuple[str, ...] = field(default_factory=tuple)
     versioned: bool = True
     point_major: bool = False
+    #: Prune points of one base config and seed share their checkpoint folder, so the base and CCM stages
+    #: (whose folders are keyed by their chain) are trained once for every selection arm and PR.
+    shared_stages: bool = False
 
     def grid(self, profile: str) -> list[Point]:
         return self.grid_fn(profile)
@@ -281,6 +289,64 @@ def _collapse(profile: str) -> list[Point]:
     ]
 
 
+#: Hypothesis H, one factor per arm, at the decisive runs' budget (one epoch): the remedy's two init changes
+#: apart, an init the length map says saturates, and the remedy at the paper's Table 5 maximum (I = 30).
+#: The predictions were committed before the runs (results/collapse/predictions_h.md).
+H_ARMS: tuple[tuple[str, float, float, int, str], ...] = (
+    ("ConvCaps std 0.6 alone", 0.6, 0.5, 11, "the remedy's ConvCaps std with the authors' class std"),
+    ("class std 0.1 alone", 0.5, 0.1, 11, "the remedy's class std with the authors' ConvCaps std"),
+    ("std 0.8, class std 0.1", 0.8, 0.1, 11, "an init the length map says saturates"),
+    ("remedy at I=30", 0.6, 0.1, 30, "the remedy at the paper's Table 5 maximum depth"),
+)
+
+
+def _collapse_h(profile: str) -> list[Point]:
+    """Hypothesis H factor by factor (:data:`H_ARMS`; the smoke miniature runs them at depth 3)."""
+    k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
+    return [Point("train", _cd(k["C"], k["D"], I=I if not _small(profile) else 3, init_std=std,
+                               class_init_std=class_std),
+                  label=f"H: {name}, C{k['C']} I={I if not _small(profile) else 3}", claim="remedy", role="test",
+                  why=why)
+            for name, std, class_std, I, why in H_ARMS]
+
+
+#: The plateau rule of the rigorous-verdicts runs: at most 10 epochs, stop after 3 without a better
+#: validation accuracy (every stage of a pipeline point too).
+PLATEAU = dict(epochs=10, patience=3)
+
+
+def _collapse_plateau(profile: str) -> list[Point]:
+    """The decisive points trained to a plateau (:data:`PLATEAU`), cheapest decisive first, with the
+    channel-selection controls of the rescue at the same per-layer removal counts."""
+    k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
+    C, D, L, std, pr = k["C"], k["D"], k["L"], k["std"], k["pr"]
+    plateau = PLATEAU if not _small(profile) else dict(epochs=2, patience=1)
+    base = _cd(C, D, I=0, init_std=std, **plateau)
+    rescue = dict(claim="rescue", role="control")
+    arms = [Point("prune", base, pr=pr, I_after=L, selection=sel,
+                  label=f"plateau: PR {pr:g} {name} I={L}", why=why, **rescue)
+            for sel, name, why in (("random", "random channels", "no CHIP: channels drawn at random"),
+                                   ("anti_chip", "highest-CI channels removed", "CHIP's ranking reversed"),
+                                   ("chip_base", "CHIP on the base model, no CCM", "CHIP without the CCM stage"))]
+    return [
+        Point("train", _cd(k["C_pruned"], D, I=L, init_std=std, backbone_widths=k["widths_pruned"], **plateau),
+              label=f"plateau: C'={k['C_pruned']} from scratch I={L}", why="fewer types, no pruning", **rescue),
+        Point("train", _cd(C, D, I=L - 1, init_std=std, **plateau), label=f"plateau: C{C} I={L - 1}",
+              claim="collapse", role="control", why="one layer below the cliff"),
+        Point("train", _cd(C, D, I=L, init_std=std, **plateau), label=f"plateau: C{C} I={L}",
+              claim="collapse", role="test", why="the collapse, given ten epochs"),
+        Point("prune", base, pr=pr, I_after=L, label=f"plateau: CCM+CHIP PR {pr:g} I={L}", claim="rescue",
+              role="test", why="the paper's rescue, every stage to a plateau"),
+        Point("prune", base, pr=0.0, I_after=L, label=f"plateau: C{C} pretrained backbone, unpruned, I={L}",
+              why="the CCM-trained backbone without pruning", **rescue),
+        *arms,
+        Point("train", _cd(C, D, I=k["remedy_I"], init_std=k["remedy_std"], class_init_std=k["remedy_class_std"],
+                           **plateau),
+              label=f"plateau: remedy C{C} I={k['remedy_I']}", claim="remedy", role="test",
+              why="the length-map init without pruning, given ten epochs"),
+    ]
+
+
 def collapse_limits(profile: str = "cpu", seeds: int = 3, batches: int = 3, I_max: int = 12,
                     dtypes: tuple[str, ...] = ("float32", "float64"), remedy: bool = True):
     """The depth limits behind :data:`COLLAPSE`: for every from-scratch model config of the grid (C20 and
@@ -334,9 +400,15 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("fig3", "Fig. 3: dead capsules over epochs, CapsNet[C=20, D=8, I=6]", _fig3),
     Experiment("seed002_depth", "Seed 002 Figs. 1-7: dynamic, EM, self- and VB routing at depth 1..10 "
                                 "(accuracy, dead capsules, activations)", _seed002_depth),
-    Experiment("collapse", "Issue 10: the decisive runs of the collapse study (CapsNet[20, 8] at its depth "
-                           "limit: from scratch, float64, C'=15 pruned vs from scratch, a remedy)", _collapse,
+    Experiment("collapse", "The decisive runs of the collapse study (CapsNet[20, 8] at its depth limit: from "
+                           "scratch, float64, C'=15 pruned vs from scratch, a remedy)", _collapse,
                default_profile="cpu", versioned=False, point_major=True),
+    Experiment("collapse_h", "Hypothesis H factor by factor: single-factor init arms, a predicted failure and the "
+                             "remedy at I = 30 (one epoch)", _collapse_h,
+               default_profile="cpu", versioned=False, point_major=True),
+    Experiment("collapse_plateau", "The decisive points trained to a plateau (at most 10 epochs, patience 3), with "
+                                   "channel-selection controls of the rescue", _collapse_plateau,
+               default_profile="cpu", versioned=False, point_major=True, shared_stages=True),
 ]}
 
 

@@ -26,6 +26,7 @@ The ``capslib prune`` and ``capslib depth`` commands (:mod:`capslib.cli_prune`) 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from ..engine.atomic import CheckpointError, read_json, save_atomic, save_text_atomic
 from ..engine.config import CHIP_ESTIMATORS, RunConfig
@@ -347,6 +349,7 @@ class _Setup:
     records: list[StageRecord]
     ccm_model: CapsNet
     ccm_key: str
+    base_model: Optional[CapsNet] = None
 
 
 def _run_base_and_ccm(run: _Runner, cfg: RunConfig, alpha: float, epochs_base: int, epochs_ccm: int) -> _Setup:
@@ -356,17 +359,19 @@ def _run_base_and_ccm(run: _Runner, cfg: RunConfig, alpha: float, epochs_base: i
     base, base_model = run.fit_stage("base", base_cfg, base_key)
     ccm_cfg = _train_cfg(cfg, alpha=alpha, epochs=epochs_ccm)
     ccm_key = _chain_key(base_key, "ccm", config=ccm_cfg.config_hash())
-    ccm, ccm_model = run.fit_stage("ccm", ccm_cfg, ccm_key, model=base_model)
-    return _Setup(records=[base, ccm], ccm_model=ccm_model, ccm_key=ccm_key)
+    ccm, ccm_model = run.fit_stage("ccm", ccm_cfg, ccm_key, model=copy.deepcopy(base_model))
+    return _Setup(records=[base, ccm], ccm_model=ccm_model, ccm_key=ccm_key, base_model=base_model)
 
 
 def _prune_stage(run: _Runner, cfg: RunConfig, setup: _Setup, *, pr: float, mode: str, estimator: str,
                  I: Optional[int], slice_capsule_weights: bool, epochs_retrain: int, ci_batches: int,
-                 ci_batch_size: int) -> tuple[StageRecord, PrunePlan, CapsNet, str]:
-    """Stages 3 and 4: CHIP scores of the CCM model, the plan, the rebuild and its evaluation."""
+                 ci_batch_size: int, selection: str = "chip") -> tuple[StageRecord, PrunePlan, CapsNet, str]:
+    """Stages 3 and 4: CHIP scores of the CCM model, the plan, the rebuild and its evaluation (for a
+    ``selection`` other than "chip", the channel-selection control of :data:`SELECTIONS`)."""
+    sel = {} if selection == "chip" else {"selection": selection}  # the paper's keys stay as they were
     key = _chain_key(setup.ccm_key, "pruned", pr=pr, mode=mode, estimator=estimator, I=I,
                      slice=slice_capsule_weights, ci_batches=ci_batches, ci_batch_size=ci_batch_size,
-                     seed=cfg.train.seed, epochs=epochs_retrain)
+                     seed=cfg.train.seed, epochs=epochs_retrain, **sel)
     path = run.stage_dir("pruned", key)
     done = run.load_finished(path)
     if done is not None:
@@ -382,12 +387,13 @@ def _prune_stage(run: _Runner, cfg: RunConfig, setup: _Setup, *, pr: float, mode
     run.say(f"[pruned] CHIP scores ({estimator}, {ci_batches}×{ci_batch_size} training images), PR={pr:g}, "
             f"mode={mode}")
     t0 = time.perf_counter()
+    source = setup.base_model if selection == "chip_base" else setup.ccm_model
     batches = chip_batches(run.data, ci_batches, ci_batch_size, seed=cfg.train.seed, device=run.device)
-    scores = ci_layer_scores(setup.ccm_model, batches, estimator=estimator)
+    scores = _selection_scores(ci_layer_scores(source, batches, estimator=estimator), selection, cfg.train.seed)
     ci_time = time.perf_counter() - t0
-    plan = make_plan(setup.ccm_model, scores, pr, mode=mode, estimator=estimator)
+    plan = make_plan(source, scores, pr, mode=mode, estimator=estimator)
     run.say(str(plan).splitlines()[0])
-    model = rebuild(setup.ccm_model, plan, I=I, slice_capsule_weights=slice_capsule_weights, seed=cfg.train.seed)
+    model = rebuild(source, plan, I=I, slice_capsule_weights=slice_capsule_weights, seed=cfg.train.seed)
     pruned_cfg = _train_cfg(cfg, alpha=0.0, epochs=epochs_retrain, model=model.config)
     result = _evaluate_result(model, pruned_cfg, run, time.perf_counter() - t0)
     if path is not None:
@@ -396,6 +402,23 @@ def _prune_stage(run: _Runner, cfg: RunConfig, setup: _Setup, *, pr: float, mode
     run.finish(path, pruned_cfg, result, model)
     extra = {**_plan_columns(plan), "ci_time": round(ci_time, 3)}
     return run.record("pruned", pruned_cfg, result, key, False, path, extra), plan, model, key
+
+
+#: How the pruned channels are chosen. "chip": the lowest CHIP scores of the CCM model (the paper).
+#: The channel-selection controls, with the same per-layer counts (a plan's counts depend only on PR and
+#: the widths): "random" (uniform, seeded by the run's seed), "anti_chip" (the *highest* CHIP scores) and
+#: "chip_base" (CHIP on the base model, which is then pruned: no CCM).
+SELECTIONS = ("chip", "random", "anti_chip", "chip_base")
+
+
+def _selection_scores(scores: dict[str, Tensor], selection: str, seed: int) -> dict[str, Tensor]:
+    """The scores a plan of ``selection`` prunes by (lowest first); see :data:`SELECTIONS`."""
+    if selection == "random":
+        g = torch.Generator().manual_seed(seed)
+        return {layer: torch.rand(len(s), generator=g, dtype=torch.float64) for layer, s in scores.items()}
+    if selection == "anti_chip":
+        return {layer: -s for layer, s in scores.items()}
+    return scores
 
 
 def _evaluate_result(model: CapsNet, cfg: RunConfig, run: _Runner, t_before: float) -> RunResult:
@@ -433,6 +456,7 @@ def prune_pipeline(
     epochs_retrain: Optional[int] = None,
     ci_batches: int = 5,
     ci_batch_size: int = 128,
+    selection: str = "chip",
     checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
     store: StoreLike = None,
     experiment: str = "prune",
@@ -457,6 +481,8 @@ def prune_pipeline(
         epochs_base, epochs_ccm, epochs_retrain: epochs of stages 1, 2 and 5
             (default ``cfg.train.epochs``).
         ci_batches, ci_batch_size: training images CHIP scores on (5 × 128 as in CHIP).
+        selection: which channels go (:data:`SELECTIONS`): "chip" (the paper) or a channel-selection
+            control with the same per-layer counts.
         checkpoint_dir: stage folders go here; finished stages are reused (module docstring).
             None: nothing is written except the store rows, and nothing resumes.
         store: a :class:`ResultsStore` or CSV path; default ``results/<experiment>/<profile>.csv``.
@@ -471,6 +497,8 @@ def prune_pipeline(
     """
     estimator = resolve_estimator(cfg, estimator)
     _check_pipeline_args(pr, mode, estimator, I, ci_batches, ci_batch_size)
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     _check_epochs(epochs_base=epochs_base, epochs_ccm=epochs_ccm, epochs_retrain=epochs_retrain)
     _check_against_config(cfg, mode, I, slice_capsule_weights)
     check_prunable(cfg, pr, mode=mode, I=I, slice_capsule_weights=slice_capsule_weights)
@@ -478,13 +506,16 @@ def prune_pipeline(
     e = cfg.train.epochs
     eb, ec, er = epochs_base or e, epochs_ccm or e, epochs_retrain or e
     key_extra = f"pipeline|pr={pr:g}|mode={mode}|estimator={estimator}|alpha={a:g}|I={I}|slice={slice_capsule_weights}"
+    key_extra += "" if selection == "chip" else f"|selection={selection}"
     extra = {"pr": pr, "prune_mode": mode, "ci_estimator": estimator, "ccm_alpha": a,
-             "prune_I": "" if I is None else I, "slice_capsule_weights": slice_capsule_weights}
+             "prune_I": "" if I is None else I, "slice_capsule_weights": slice_capsule_weights,
+             "selection": selection}
     run = _make_runner(cfg, data, checkpoint_dir, store, experiment, progress, key_extra, extra)
     setup = _run_base_and_ccm(run, cfg, a, eb, ec)
     pruned, plan, model, key = _prune_stage(run, cfg, setup, pr=pr, mode=mode, estimator=estimator, I=I,
                                             slice_capsule_weights=slice_capsule_weights, epochs_retrain=er,
-                                            ci_batches=ci_batches, ci_batch_size=ci_batch_size)
+                                            ci_batches=ci_batches, ci_batch_size=ci_batch_size,
+                                            selection=selection)
     retrain_cfg = pruned.config
     retrain_key = _chain_key(key, "retrain", config=retrain_cfg.config_hash())
     retrain, model = run.fit_stage("retrain", retrain_cfg, retrain_key, model=model, extra=_plan_columns(plan))

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import socket
@@ -38,7 +39,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from tqdm.auto import tqdm
 
@@ -61,6 +62,28 @@ def run_point(experiment: str, point: Point, cfg: RunConfig, progress: bool = Fa
     ckpt = None
     if checkpoint_root is not None:
         ckpt = Path(checkpoint_root) / point_key(experiment, cfg, point)
+        if point.kind == "prune" and get_experiment(experiment).shared_stages:
+            ckpt = Path(checkpoint_root) / f"pipeline-{cfg.config_hash()}"  # stage folders keyed by their chain
+            with _folder_lock(ckpt):  # one pipeline at a time in a shared folder
+                return _run_point_in(experiment, point, cfg, progress, ckpt)
+    return _run_point_in(experiment, point, cfg, progress, ckpt)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (created if missing), held until the block ends; released by the OS
+    if the process dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_point_in(experiment: str, point: Point, cfg: RunConfig, progress: bool,
+                  ckpt: Optional[Path]) -> list[dict[str, Any]]:
     if point.kind == "train":
         from ..engine.train import fit
 
@@ -77,7 +100,7 @@ def run_point(experiment: str, point: Point, cfg: RunConfig, progress: bool = Fa
         scratch = ResultsStore(Path(tmp) / "rows.csv")
         if point.kind == "prune":
             prune_pipeline(cfg, point.pr, I=point.I_after, checkpoint_dir=ckpt, store=scratch,
-                           experiment=experiment, progress=progress)
+                           experiment=experiment, progress=progress, selection=point.selection)
             rows = scratch.read().to_dict(orient="records")
         elif point.kind == "depth":
             res = depth_search(cfg, pr=point.pr or None, max_I=point.max_I or 10, checkpoint_dir=ckpt,
