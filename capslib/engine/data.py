@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .config import DATASETS, DataConfig, canonical_dataset
-from .provenance import user_cache_dir
+from .cache_dirs import user_cache_dir
 
 __all__ = ["DatasetUnavailableError", "data_root", "load_raw", "verify_cifar10", "DataSplits", "load_splits"]
 

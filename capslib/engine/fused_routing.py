@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .provenance import user_cache_dir
+from .cache_dirs import user_cache_dir
 
 __all__ = ["available", "status", "route", "build", "build_target", "kernel_path", "march"]
 

@@ -11,21 +11,13 @@ from typing import Optional
 
 import torch
 
+from .cache_dirs import user_cache_dir
+
 #: The release (pyproject.toml's version); :func:`capslib_version` adds the source fingerprint.
 __version__ = "0.1.0"
 
 __all__ = ["capslib_version", "git_state", "device_info", "numerics_info", "provenance", "resolve_device",
            "user_cache_dir"]
-
-
-def user_cache_dir(sub: str, env_var: str) -> Path:
-    """Where capslib keeps ``sub`` (data, models, kernels): ``$<env_var>`` if set, else
-    ``$XDG_CACHE_HOME/capslib/<sub>`` (``~/.cache/capslib/<sub>`` without XDG)."""
-    env = os.environ.get(env_var)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "capslib" / sub
 
 
 #: The packages whose code a stored number depends on (the routing kernel's C++ source included);

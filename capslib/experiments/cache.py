@@ -17,7 +17,8 @@ import torch
 from ..engine.atomic import save_atomic
 from ..engine.config import RunConfig
 from ..engine.model import CapsNet
-from ..engine.provenance import resolve_device, user_cache_dir
+from ..engine.cache_dirs import user_cache_dir
+from ..engine.provenance import resolve_device
 from ..engine.train import fit
 from .results import ResultsStore, parse_row, run_key, run_row
 

@@ -30,7 +30,9 @@ class Verdict:
     (files, dataset, profile, seeds, device) and what they show; ``scale``: the scale of that evidence;
     ``seeds``: seeds per decisive point (min over points; 0 when none); ``control``: the run that could
     refute the claim; ``would_change``: what would change the verdict (for "inconclusive": which
-    committed rows would decide it).
+    committed rows would decide it). For the claims table of the front page: ``title``, the claim in a
+    few words; ``cause``, the short form of an "explained by" cause; ``decided_in``, the (chapter, section
+    heading) whose evidence decides it; ``untestable``, the part of the claim no machine here can test.
     """
 
     claim: str
@@ -43,6 +45,20 @@ class Verdict:
     would_change: str
     paper: str = ""
     details: dict = field(default_factory=dict)
+    title: str = ""
+    cause: str = ""
+    decided_in: tuple[str, str] = ("", "")
+    untestable: str = ""
+
+    @property
+    def badge(self) -> str:
+        """The verdict in a few words, for a table cell: its category (:data:`VERDICTS`), and for
+        "explained by …" the short cause (:attr:`cause`); the full text is :attr:`verdict`."""
+        if self.verdict.startswith("explained by"):
+            return f"explained by {self.cause}" if self.cause else "explained by …"
+        if self.verdict.startswith("untestable here"):
+            return "untestable here"
+        return self.verdict
 
 
 def grade(*, supported: Optional[bool], n_seeds: int, control_seen: bool, scale: str,
@@ -71,9 +87,33 @@ def grade(*, supported: Optional[bool], n_seeds: int, control_seen: bool, scale:
 
 
 #: What a rescue control that trains shows: a narrower net from scratch (C' < 20), or the C = 20 net on
-#: the CCM-trained backbone with fresh ConvCaps, unpruned.
+#: the CCM-trained backbone with fresh ConvCaps, unpruned. Each with its short form for a badge.
 _RESCUE_CAUSE_NARROW = "fewer capsule types C' (a larger per-layer length gain ≈ 9σ²D/C')"
 _RESCUE_CAUSE_BACKBONE = "the trained backbone (the unpruned C = 20 net on it trains too)"
+_SHORT_CAUSE = {_RESCUE_CAUSE_NARROW: "fewer types C′", _RESCUE_CAUSE_BACKBONE: "the trained backbone"}
+_CLIFF_CAUSE = "the length cliff at initialisation (class lengths exactly 0, gradient exactly 0)"
+
+#: Where the evidence of each kind of claim is shown: (chapter, section heading).
+_DECISIVE_RUNS = ("collapse", "The decisive runs")
+_INIT_SCREENS = ("collapse", "Predicted against the paper: the depth limit of every configuration")
+_CIFAR = "the paper's CIFAR-10 accuracies"
+
+
+#: The scale of a claim whose only rows are smoke runs.
+_SMOKE_SCALE = "smoke: Fashion-MNIST subsets, small models, one or two epochs"
+
+
+def budget(profile: str) -> str:
+    """The training budget of ``profile`` in words, read from its config: "profile cpu: 3,000 training
+    images, one epoch at batch 64"."""
+    from ...engine.config import PROFILES
+
+    if profile not in PROFILES:
+        return f"profile {profile}"
+    cfg = PROFILES[profile]()
+    n = f"{cfg.data.train_size:,}" if cfg.data.train_size else "all"
+    epochs = "one epoch" if cfg.train.epochs == 1 else f"{cfg.train.epochs} epochs"
+    return f"profile {profile}: {n} training images, {epochs} at batch {cfg.train.batch_size}"
 
 
 def _collapse_pair(summary: pd.DataFrame) -> tuple[Optional[pd.Series], Optional[pd.Series]]:
@@ -149,17 +189,22 @@ def _seed002_smoke_text(root: Path) -> str:
     if not p.is_file():
         return "no rows"
     df = pd.read_csv(p)
+    if "timestamp" in df:  # the store keeps every library version's rows: the newest run of each seed counts
+        df = df.sort_values("timestamp", kind="stable")
+    df = df.drop_duplicates(["routing", "depth", "seed"], keep="last")
     parts = []
     for routing, g in df.groupby("routing", sort=False):
         cells = []
-        for _, r in g.sort_values("depth").iterrows():
-            try:
-                dead = json.loads(r["dead_002"])
-            except (TypeError, ValueError):
-                continue
-            inter = [v for k, v in dead.items() if k.startswith("inter")]
-            if inter:
-                cells.append(f"I={int(r['depth'])}: {100 * np.mean(inter):.0f} %")
+        for depth, gd in g.groupby("depth"):
+            shares = []
+            for text in gd["dead_002"]:
+                try:
+                    dead = json.loads(text)
+                except (TypeError, ValueError):
+                    continue
+                shares += [v for k, v in dead.items() if k.startswith("inter")]
+            if shares:
+                cells.append(f"I={int(depth)}: {100 * np.mean(shares):.0f} %")
         parts.append(f"{routing} " + ", ".join(cells))
     return "; ".join(parts)
 
@@ -192,8 +237,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
             f"float32: first exactly-zero class layer at I = {lim['first dead I']} over {lim['runs']} screens "
             f"({lim['seeds']} seeds), i.e. max trainable I = {lim['max trainable I']} "
             f"(paper: {lim['paper max I']})") if lim is not None else "no initialisation-screen row yet"
-    explained = "the length cliff at initialisation (class lengths exactly 0, gradient exactly 0)" \
-        if supported and lim is not None and lim["max trainable I"] == "6" else None
+    explained = _CLIFF_CAUSE if supported and lim is not None and lim["max trainable I"] == "6" else None
     out.append(Verdict(
         claim="CapsNet[C=20, D=8] collapses to chance at I ≥ 7 and trains at I = 6",
         source="paper 000, Table 2, Table 3 (PR 0), Fig. 2",
@@ -201,7 +245,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         verdict=grade(supported=supported, n_seeds=n, control_seen=i6 is not None and i6["seeds"] > 0,
                       scale="full", explained_by=explained),
         evidence=f"{_points_text(summary, 'collapse')}. Mechanism: {init} (`results/depth_limits/fmnist.csv`).",
-        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], profile {runs_profile}",
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], {budget(runs_profile)}",
         seeds=n,
         control="CapsNet[20, 8, 6] with the same init and budget must train (else the collapse is not specific "
                 "to I ≥ 7); the init std (0.3 collapses earlier, 0.7 not at all: slider below) is the lever.",
@@ -210,7 +254,9 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "each: reproduced if every seed at the limit sits at chance and no seed below it does; not "
                       "reproduced if the limit's depth trains in any seed or the depth below it collapses. It is CIFAR-10 in the paper: a Fashion-MNIST "
                       "result tests the mechanism, not the paper's accuracies."),
-        details={"supported": supported, "init": init}))
+        details={"supported": supported, "init": init},
+        title="Deep CapsNets collapse: CapsNet[20, 8] dies at I ≥ 7", cause="the init length cliff",
+        decided_in=_DECISIVE_RUNS, untestable=_CIFAR))
 
     # --- 2. PR 0.125-0.375 rescues I = 7 (Table 3) ----------------------------------------------------
     tests = summary[(summary["claim"] == "rescue") & (summary["role"] == "test")]
@@ -237,7 +283,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                                     "keep") if ctrl_trains else None),
         evidence=_points_text(summary, "rescue") + ". At initialisation a prune is a smaller, freshly initialised "
                  "CapsNet[C', 8]: see the PR slider above.",
-        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], profile {runs_profile}",
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], {budget(runs_profile)}",
         seeds=min(n_t, n_c, n),
         control=f"{_labels(summary, 'rescue', 'control')}: no CHIP selection (a fresh, unpruned CapsNet[C', 8, 7] "
                 "with the C' a prune leaves, and the pretrained backbone kept whole). If they train too, the rescue "
@@ -246,7 +292,10 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       f"≥ {MIN_SEEDS} seeds each: reproduced if the pruned models train and every control "
                       "collapses; explained by what a control changes if it trains too (fewer types C′ from "
                       "scratch, or the trained backbone kept whole); not reproduced if the pruned models collapse."),
-        details={"rescued": rescued, "control_trains": ctrl_trains}))
+        details={"rescued": rescued, "control_trains": ctrl_trains},
+        title="Pruning rescues the collapsed CapsNet[20, 8, 7]",
+        cause=" and ".join(_SHORT_CAUSE[c] for c in dict.fromkeys(causes)),
+        decided_in=_DECISIVE_RUNS, untestable=_CIFAR))
 
     # --- 3. Higher PR allows more depth (Fig. 6) ------------------------------------------------------
     pr_rows = [(pr, _limits_row(limits, "authors", 20, 8, pr)) for pr in (0.0, 0.125, 0.25, 0.375)]
@@ -265,7 +314,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       scale="full"),
         evidence=init_txt + " (`results/depth_limits/fmnist.csv`). No trained depth search with pruning at "
                  "paper scale is committed.",
-        scale="Fashion-MNIST, initialisation screens only",
+        scale="Fashion-MNIST, initialisation screens only (no training)",
         seeds=int(have[0][1]["seeds"]) if have else 0,
         control="The same depth search on fresh, unpruned CapsNet[C', 8] (C' = 18, 15, 13): if it reaches the "
                 "same depths, depth follows C', not pruning.",
@@ -273,7 +322,8 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       f"0.25, 0.375 and their C' controls, ≥ {MIN_SEEDS} seeds, in {store} or "
                       "`results/table5/fmnist.csv`). The init screen alone predicts, it does not decide: a "
                       "pruned model keeps its trained backbone, which the screen cannot see."),
-        details={"init": init_txt}))
+        details={"init": init_txt},
+        title="More pruning, more depth (Fig. 6)", decided_in=_INIT_SCREENS, untestable=_CIFAR))
 
     # --- 4. Table 1's trends --------------------------------------------------------------------------
     scale1, profs1, seeds1 = _store_scale(root, "table1")
@@ -285,14 +335,16 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         evidence=(f"`results/table1/` holds only {', '.join(profs1) or 'no'} rows "
                   f"({seeds1} seed{'s' if seeds1 != 1 else ''}; smoke: CapsNet[C=8, D=4 and 8], one epoch, "
                   "Fashion-MNIST subset): a code-path check, not a test of the trend."),
-        scale="smoke" if scale1 == "smoke" else scale1,
+        scale=_SMOKE_SCALE if scale1 == "smoke" else scale1,
         seeds=seeds1,
         control="PR 0 trained for the same total epochs as base + CCM + retrain (the pruned cells get three "
                 "times the training), so that a gain is not just more training.",
         would_change=(f"`results/table1/fmnist.csv` with ≥ {MIN_SEEDS} seeds per cell would test the trends on "
                       "Fashion-MNIST; the paper's accuracies themselves are CIFAR-10 and untestable here. "
                       "Differences of 0.2–1.5 points need their seed spread to mean anything."),
-        details={"profiles": profs1}))
+        details={"profiles": profs1},
+        title="Table 1's trends over PR, C and D", decided_in=("chip", "Table 1: configurations × pruning ratio"),
+        untestable=_CIFAR))
 
     # --- 5. Table 5's limits --------------------------------------------------------------------------
     cfgs5 = [(20, 10), (20, 8), (20, 6), (16, 6), (10, 6), (10, 8)]
@@ -319,7 +371,8 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         would_change=(f"`results/table5/fmnist.csv` (trained depth searches, ≥ {MIN_SEEDS} seeds per config) "
                       "decides it; until then the init screen is a prediction. A trained limit one layer below "
                       "the screen's is expected where the PrimaryCaps gradient is below Adam's ε."),
-        details={"missing": missing5}))
+        details={"missing": missing5},
+        title="Table 5's depth limits without pruning", decided_in=_INIT_SCREENS, untestable=_CIFAR))
 
     # --- 6. Seed 002 ----------------------------------------------------------------------------------
     scale2, profs2, seeds2 = _store_scale(root, "seed002_depth")
@@ -332,12 +385,14 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         evidence=(f"`results/seed002_depth/` holds {', '.join(profs2) or 'no'} rows only ({seeds2} seed; "
                   "C = 4, D = 9, I = 1..3, two epochs on a Fashion-MNIST subset). Dead ConvCaps types "
                   f"(seed 002's definition): {_seed002_smoke_text(root)}."),
-        scale="smoke",
+        scale=_SMOKE_SCALE,
         seeds=seeds2,
         control="Dynamic routing at the same depths and budget (the main paper's), and depth 1 of each routing.",
         would_change=(f"`results/seed002_depth/fmnist.csv`: 16 types, 4×4 poses, depths 1..10, ≥ {MIN_SEEDS} seeds "
                       "per (routing, depth). Fashion-MNIST is one of seed 002's datasets, so this is testable here."),
-        details={"profiles": profs2}))
+        details={"profiles": profs2},
+        title="Seed 002: dead capsules grow with depth under EM, self- and VB routing",
+        decided_in=("routing", "Dynamic, EM, self- and VB routing at depth")))
 
     # --- 7. Seed 004 ----------------------------------------------------------------------------------
     out.append(Verdict(
@@ -349,14 +404,17 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         evidence=("The kernels chapter computes seed 004's measure on the smoke models of the Table 1 sweep "
                   "(`results/table1/smoke.csv`, seed 0, one epoch); no paper-scale model is scored. Seed 004's "
                   "dataset (DHCD) is not available here."),
-        scale="smoke",
+        scale=_SMOKE_SCALE,
         seeds=1,
         control="The same measure on untrained (initial) kernels of the same widths: random kernels in fewer "
                 "dimensions also have larger minimum distances.",
         would_change=(f"Trained CapsNets at several backbone widths (e.g. the Table 1 configs, "
                       f"`results/table1/fmnist.csv`, ≥ {MIN_SEEDS} seeds) scored against their initial kernels; "
                       "DHCD itself is untestable here."),
-        details={}))
+        details={},
+        title="Seed 004: kernel similarity measures redundancy",
+        decided_in=("kernels", "Kernel weight similarity (seed 004, §2.1)"),
+        untestable="seed 004's dataset (DHCD)"))
 
     # --- H. The companion's mechanism: precision does not move the cliff, an init remedy does ---------
     prec = summary[summary["claim"] == "precision"].sort_values("I")
@@ -372,13 +430,13 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         claim="(Hypothesis H, this companion's) The cliff is the capsule-length map at initialisation: float64 "
               "moves it by at most one layer, and an init scale chosen from the map trains at ≥ 1.5× the limit "
               "without pruning",
-        source="issue 10; the length map of the collapse chapter",
+        source="this companion's collapse study; the length map of the collapse chapter",
         paper="not a claim of the paper, which attributes the collapse to vanishing activations and offers "
               "pruning as the remedy",
         verdict=grade(supported=supported, n_seeds=min(n_h, n), control_seen=i7 is not None and i7["seeds"] > 0,
                       scale="full"),
         evidence=_points_text(summary, "precision") + "; " + _points_text(summary, "remedy"),
-        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], profile {runs_profile}",
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], {budget(runs_profile)}",
         seeds=min(n_h, n),
         control=f"The float32 points at the same depths ({_labels(summary, 'collapse', 'test')}): the float64 "
                 "runs differ from them only in precision, the remedy only in its init std.",
@@ -386,14 +444,18 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       f"{_labels(summary, 'remedy')}, ≥ {MIN_SEEDS} seeds each: not reproduced if the float64 net "
                       "trains one layer beyond the float32 limit (precision, not the map, sets the cliff) or if "
                       "the remedy collapses."),
-        details={"float64_beyond_collapses": f64_dies, "remedy_trains": rem_trains}))
+        details={"float64_beyond_collapses": f64_dies, "remedy_trains": rem_trains},
+        title="(This companion's hypothesis H) The cliff is the init length map; an init chosen from it trains "
+              "deeper without pruning",
+        decided_in=_DECISIVE_RUNS))
     return out
 
 
 def verdict_table(vs: Sequence[Verdict]) -> pd.DataFrame:
-    """One line per verdict: claim, source, verdict, seeds, scale."""
-    return pd.DataFrame([{"claim": v.claim, "source": v.source, "verdict": v.verdict, "seeds": v.seeds,
-                          "scale": v.scale} for v in vs])
+    """One line per verdict: the claim in a few words, its badge, scale and seeds, source, and the full
+    verdict (the front page and the verdict page show it as HTML: :mod:`capslib.book.claims`)."""
+    return pd.DataFrame([{"claim": v.title or v.claim, "verdict": v.badge, "scale": v.scale, "seeds": v.seeds,
+                          "source": v.source, "full verdict": v.verdict} for v in vs])
 
 
 def verdict_markdown(v: Verdict, number: int) -> str:
@@ -402,7 +464,7 @@ def verdict_markdown(v: Verdict, number: int) -> str:
     refute it and what would change the verdict."""
     seeds = f"{v.seeds} seed{'s' if v.seeds != 1 else ''}"
     return "\n".join([
-        f"**{number}. {v.claim}** ({v.source})", "",
+        f'<span id="{claim_anchor(number)}"></span>**{number}. {v.claim}** ({v.source})', "",
         f"Verdict: **{v.verdict}**", "",
         f"* **The claim's numbers:** {v.paper}.",
         f"* **Evidence:** {v.evidence}",
@@ -410,6 +472,11 @@ def verdict_markdown(v: Verdict, number: int) -> str:
         f"than inconclusive needs ≥ {MIN_SEEDS} and its control).",
         f"* **Control that could refute it:** {v.control}",
         f"* **What would change the verdict:** {v.would_change}", ""])
+
+
+def claim_anchor(number: int) -> str:
+    """The HTML id of claim ``number``'s block on the verdict page (the claims table links to it)."""
+    return f"claim-{number}"
 
 
 def verdicts_as_dicts(vs: Iterable[Verdict]) -> list[dict]:
