@@ -15,11 +15,17 @@ are executed *before* Sphinx sees them, and Jupyter Book runs with
    output). papermill keeps the widget state, which the static sliders of
    :mod:`capslib.book.widgets` need. A failing cell fails the build, naming the
    notebook, the cell and the traceback.
+   papermill's ``injected-parameters`` cell stays in the executed copy but is
+   tagged ``remove-cell``, so the rendered page shows only the chapter's own
+   parameters cell.
 3. ``--refresh-sources`` writes the executed smoke outputs back to
    ``notebooks/<name>.ipynb`` (what nbval checks), without run-specific
    metadata.
-4. ``jupyter-book build`` renders ``_build/html``; Sphinx warnings are errors.
-5. ``--offline`` serves require.js, the ipywidgets HTML manager and MathJax
+4. The generated parts that hand-written pages include (``book/_generated/``,
+   git-ignored: the front page's claims table, headline figure and cost,
+   :mod:`capslib.book.frontpage`) are written from the committed rows.
+5. ``jupyter-book build`` renders ``_build/html``; Sphinx warnings are errors.
+6. ``--offline`` serves require.js, the ipywidgets HTML manager and MathJax
    from the site itself (fetched from npm into ``.offline_assets/``, copied to
    ``_build/html/_static/offline/``; never into the source ``_static``, whose
    every ``.js`` Jupyter Book would inject into every page) and checks that no
@@ -63,6 +69,9 @@ __all__ = [
     "chapters_from_toc",
     "default_root",
     "execute_chapter",
+    "hide_injected",
+    "included_fragments",
+    "write_generated",
     "main",
     "register_cli",
     "run_jupyter_book",
@@ -243,7 +252,7 @@ def execute_chapter(chapter: Chapter, profile: str = "smoke") -> None:
         os.environ.clear()
         os.environ.update(old_env)
     executed = nbformat.read(chapter.output, as_version=4)
-    nbformat.write(strip_notebook(executed), chapter.output)
+    nbformat.write(hide_injected(strip_notebook(executed)), chapter.output)
 
 
 def _failure_message(chapter: Chapter, err, params_at: int) -> str:
@@ -294,6 +303,23 @@ def strip_notebook(nb, drop_injected: bool = False):
 
 def _tags(cell) -> list[str]:
     return cell.get("metadata", {}).get("tags", [])
+
+
+#: The tag that makes Jupyter Book (myst-nb) leave a cell out of the rendered page.
+HIDDEN_TAG = "remove-cell"
+
+
+def hide_injected(nb):
+    """``nb`` with papermill's ``injected-parameters`` cell tagged :data:`HIDDEN_TAG` (in place; returned).
+
+    The cell stays in the executed notebook, which records what the chapter ran with, but the rendered
+    page shows only the chapter's own parameters cell: a reader of the book never set ``PROFILE``.
+    """
+    for cell in nb.cells:
+        tags = _tags(cell)
+        if "injected-parameters" in tags and HIDDEN_TAG not in tags:
+            cell.metadata["tags"] = [*tags, HIDDEN_TAG]
+    return nb
 
 
 def refresh_source(chapter: Chapter) -> None:
@@ -382,6 +408,7 @@ def build_book(
             if chapter.name in selected:
                 refresh_source(chapter)
                 print(f"refreshed {chapter.source.relative_to(root)}", flush=True)
+    write_generated(root)
     html_dir = _render(root, offline, strict, assets_cache)
     print(f"book built in {time.perf_counter() - start:.1f} s", flush=True)
     print(f"HTML: {html_dir / 'index.html'}", flush=True)
@@ -420,12 +447,58 @@ def _reuse_unexecuted(chapters: Sequence[Chapter]) -> None:
     for chapter in chapters:
         if chapter.output.is_file():
             print(f"{chapter.name}: not executed, reusing {chapter.output.name}", flush=True)
+            nb = nbformat.read(chapter.output, as_version=4)
+            if any("injected-parameters" in _tags(c) and HIDDEN_TAG not in _tags(c) for c in nb.cells):
+                nbformat.write(hide_injected(nb), chapter.output)  # executed by an older build
             continue
         print(f"{chapter.name}: not executed, using the committed outputs of "
               f"{chapter.source.name}", flush=True)
         chapter.output.parent.mkdir(parents=True, exist_ok=True)
         nb = nbformat.read(chapter.source, as_version=4)
         nbformat.write(strip_notebook(nb), chapter.output)
+
+
+#: Where the build writes the generated parts of hand-written pages, inside ``book/`` (git-ignored), and
+#: the one part it generates: the front page's (claims table, headline figure, cost; capslib.book.frontpage).
+GENERATED_DIR = "_generated"
+FRONT_PAGE = "frontpage.md"
+_INCLUDE = re.compile(r"```\{include\}\s+(" + GENERATED_DIR + r"/[\w.-]+)")
+
+
+def included_fragments(book_dir: Path) -> set[str]:
+    """The generated parts (``_generated/<name>``) that a hand-written page of ``book_dir`` includes."""
+    found = set()
+    for page in Path(book_dir).glob("*.md"):
+        found.update(_INCLUDE.findall(page.read_text(encoding="utf8")))
+    return found
+
+
+def write_generated(root: Path) -> list[Path]:
+    """Write the generated parts that the hand-written pages of ``<root>/book`` include (``{include}
+    _generated/...``): the front page's, from the committed rows of ``results/`` and a few seconds of
+    forward passes. Nothing when no page includes one (the test fixture books); an include of an unknown
+    part is an error. It runs as its own program (``python -m capslib.book.frontpage``), like the chapters
+    and Jupyter Book, so the build does not import what the book shows."""
+    wanted = included_fragments(Path(root) / BOOK_DIR)
+    if not wanted:
+        return []
+    unknown = sorted(wanted - {f"{GENERATED_DIR}/{FRONT_PAGE}"})
+    if unknown:
+        raise BookBuildError(f"book pages include {', '.join(unknown)}, which the build does not generate "
+                             f"(it writes {GENERATED_DIR}/{FRONT_PAGE})")
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "capslib.book.frontpage", str(Path(root) / BOOK_DIR)]
+    readme = next((p for p in (Path(root) / "README.md", REPO_ROOT / "README.md") if p.is_file()), None)
+    if readme is not None:
+        cmd += ["--readme", str(readme)]
+    proc = subprocess.run(cmd, env=_kernel_env(), cwd=root, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise BookBuildError(f"the front page's generated part could not be written "
+                             f"(exit {proc.returncode}):\n{_ANSI.sub('', proc.stdout)[-4000:]}")
+    print(f"front page: claims table, headline figure and cost written in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    return [Path(line) for line in proc.stdout.split("\n") if line.startswith(str(root))]
 
 
 def _render(root: Path, offline: bool, strict: bool, assets_cache: Optional[Path]) -> Path:

@@ -4,7 +4,7 @@ Nothing here trains a model. ``results/collapse/<profile>.csv`` holds the decisi
 (results-store rows, one per run or pipeline stage; :mod:`capslib.experiments.results`).
 :func:`collapse_points` says which points decide which claim and :func:`point_of_row` maps a row to its
 point: the only places that know the point layout. :func:`load_collapse`, :func:`run_summary`,
-:func:`runs_figure` and :func:`runs_footer` give the chapter's table and figure. Also the constants a
+:func:`summary_view`, :func:`runs_figure` and :func:`runs_footer` give the chapter's table and figure. Also the constants a
 verdict rests on (:data:`MIN_SEEDS`, :data:`CHANCE`, :data:`VERDICTS`).
 """
 from __future__ import annotations
@@ -190,6 +190,22 @@ def run_summary(rows: pd.DataFrame, points: Optional[Sequence[CollapsePoint]] = 
             out.append(line(f"C{C} D{D} I{I}" + (f" PR{pr:g}" if pr else "") + f" std{std:g}", "other", "",
                             key, rs))
     return pd.DataFrame(out)
+
+
+def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`run_summary` narrow enough for the text column: per point (the index; its label names C, I,
+    PR, std and dtype) its role, seeds, test accuracy as "mean ± std" (or "runs in progress") and how many
+    seeds sat at chance. Dataset, profile, device and configs go to the footer (:func:`runs_footer`)."""
+    def acc(r) -> str:
+        if r["seeds"] == 0:
+            return "runs in progress"
+        return f"{r['test acc (%)']:.1f}" + ("" if pd.isna(r["± std"]) else f" ± {r['± std']:.1f}")
+
+    view = pd.DataFrame({"role": summary["role"].to_numpy(), "seeds": summary["seed list"].where(
+        summary["seeds"] > 0, "—").to_numpy(), "test acc (%)": [acc(r) for _, r in summary.iterrows()],
+        "at chance": summary["collapsed"].where(summary["seeds"] > 0, "—").to_numpy()},
+        index=pd.Index(summary["point"].to_numpy(), name="point"))
+    return view
 
 
 def runs_footer(rows: pd.DataFrame, profile: str, note: Optional[str] = None) -> str:

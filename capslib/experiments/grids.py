@@ -114,7 +114,8 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "table5": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
     "fig3": [],
     "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
-    "collapse": [],  # issue 10's decisive runs: the paper has no such table (Table 3 has no same-width control)
+    # the collapse study's decisive runs: the paper has no such table (Table 3 has no same-width control)
+    "collapse": [], "collapse_h": [], "collapse_plateau": [],
 }
 
 

@@ -30,6 +30,8 @@ KEYS = {
     "fig3": ["C", "D", "I", "epoch"],
     "seed002_depth": ["routing", "C", "D", "I"],
     "collapse": ["label", "C", "D", "I"],
+    "collapse_h": ["label", "C", "D", "I"],
+    "collapse_plateau": ["label", "C", "D", "I"],
 }
 
 
@@ -126,7 +128,8 @@ def _row_records(name: str, r: pd.Series, recs: list[dict]) -> None:
         inter = [v for k, v in dead.items() if k.startswith("inter")]
         recs.append(dict(base, routing=r.get("model.routing"), I=I, value=acc,
                          dead_inter=100.0 * float(np.mean(inter)) if inter else np.nan))
-    elif name == "collapse" and ((kind == "train" and stage == "train") or (kind == "prune" and stage == "retrain")):
+    elif name.startswith("collapse") and ((kind == "train" and stage == "train")
+                                          or (kind == "prune" and stage == "retrain")):
         i_after = _num(r.get("I_after"))
         recs.append(dict(base, label=r.get("label"), I=i_after if kind == "prune" else I, value=acc))
     elif name == "fig3" and stage == "train":
@@ -240,7 +243,7 @@ def _figure(name: str, table: pd.DataFrame):
     import seaborn as sns
 
     x = {"table1": "PR", "table2": "I", "table3": "I", "table4": "kernels", "table5": "config",
-         "fig3": "epoch", "seed002_depth": "I", "collapse": "label"}[name]
+         "fig3": "epoch", "seed002_depth": "I"}.get(name, "label")
     t = table.copy()
     t["config"] = t.apply(lambda r: f"C={r['C']}, D={r['D']}", axis=1)
     value_cols = [c for c in ("paper", "ours") if c in t]

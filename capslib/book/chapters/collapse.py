@@ -1,7 +1,8 @@
 """The collapse chapter: why deep CapsNets die at initialisation.
 
-* :func:`load_depth_limits`, :func:`depth_limit_table`, :func:`depth_limit_footer` - the predicted-vs-paper
-  depth table (``results/depth_limits/fmnist.csv``, written by ``scripts/depth_limits.py``);
+* :func:`load_depth_limits`, :func:`depth_limit_table`, :func:`depth_limit_views`, :func:`depth_limit_footer` -
+  the predicted-vs-paper depth table (``results/depth_limits/fmnist.csv``, written by ``scripts/depth_limits.py``),
+  shown one preset at a time, float32 and float64 side by side, so that it fits the text column;
 * :func:`live_length_map`, :func:`length_figure` - measured vs recurrence capsule lengths per layer
   (live forward passes at initialisation, :mod:`capslib.experiments.init_study`, seconds on one thread);
 * :func:`screen`, :func:`screen_panel`, :func:`slider_screens`, :func:`slider_explorers` - the
@@ -94,6 +95,36 @@ def depth_limit_table(df: pd.DataFrame, dtype: Optional[str] = "float32",
             "paper max I": str(g["paper_max_I"].iloc[0]), "agrees": agrees,
         })
     return pd.DataFrame(out)
+
+
+#: How the depth-limit views name each preset, in the order they are shown.
+PRESET_NAMES = {"authors": "The authors' settings", "default": "capslib's corrected defaults"}
+
+
+def depth_limit_views(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """:func:`depth_limit_table` (``dtype=None``) as one narrow table per preset, keyed by a caption
+    (Markdown): one row per CapsNet[C, D] (and PR, with the C' it leaves), the float32 screen's first dead I
+    and max trainable I, the float64 screen's max trainable I, the recurrence's (float32), the paper's, and
+    whether float32 agrees with the paper. Seeds and screens per row are in the footer (provenance)."""
+    views = {}
+    order = {p: i for i, p in enumerate(PRESET_NAMES)}
+    for preset, t in sorted(table.groupby("preset", sort=False), key=lambda kv: order.get(kv[0], len(order))):
+        rows = {}
+        for _, r in t.iterrows():
+            c_after = r["C'"]
+            label = f"[{r['C']}, {r['D']}]" + (f" PR {r['PR']:g} → C′ {c_after}" if r["PR"] else "")
+            row = rows.setdefault(label, {"first dead I": "", "max I, float32": "", "max I, float64": "",
+                                          "recurrence": "", "paper (CIFAR-10)": r["paper max I"], "agrees": ""})
+            if r["dtype"] == "float32":
+                row.update({"first dead I": r["first dead I"], "max I, float32": r["max trainable I"],
+                            "recurrence": r["predicted max I"], "agrees": r["agrees"]})
+            else:
+                row["max I, float64"] = r["max trainable I"]
+        view = pd.DataFrame.from_dict(rows, orient="index")
+        view.index.name = "CapsNet[C, D]"
+        stds = ", ".join(f"{v:g}" for v in dict.fromkeys(t["init std"]))
+        views[f"**{PRESET_NAMES.get(preset, preset)}** (`{preset}`, ConvCaps init std {stds})"] = view
+    return views
 
 
 def depth_limit_footer(df: pd.DataFrame, note: Optional[str] = None) -> str:
@@ -312,12 +343,11 @@ def screens_table(grid: Mapping[tuple, Screen], by_pr: Mapping[float, Screen]) -
         seen.add(key)
         zero = next((i for i, v in enumerate(s.layer_mean) if i > 0 and v == 0.0), None)
         out.append({"C": s.C, "D": s.D, "PR": f"{s.pr:g}", "C'": s.C_eff, "init std": s.std,
-                    "first all-zero ConvCaps layer": "—" if zero is None else zero,
-                    "depth limit (class = 0 from I)": f">{s.I_max}" if s.limit is None else s.limit,
+                    "first zero layer": "—" if zero is None else zero,
+                    "class = 0 from I": f">{s.I_max}" if s.limit is None else s.limit,
                     "max trainable I": f">={s.I_max}" if s.limit is None else s.limit - 1,
                     "paper max I": s.paper or "—"})
-    return pd.DataFrame(out).astype({"first all-zero ConvCaps layer": str, "depth limit (class = 0 from I)": str,
-                                     "max trainable I": str})
+    return pd.DataFrame(out).astype({"first zero layer": str, "class = 0 from I": str, "max trainable I": str})
 
 
 def slider_explorers(grid: Mapping[tuple, Screen], by_pr: Mapping[float, Screen]):
