@@ -235,3 +235,16 @@ def test_a_forked_child_gets_its_own_thread_pool():
 def _route_in_child(u, w):
     torch.set_num_threads(2)
     return fused_routing.route(u, w, 3, 1e-8)
+
+
+def test_kernel_march_sets_the_target_and_keys_the_build(monkeypatch):
+    """CAPSLIB_KERNEL_MARCH (default native) is the kernel's -march; each target is its own cached build."""
+    monkeypatch.delenv("CAPSLIB_KERNEL_MARCH", raising=False)
+    assert fused_routing.march() == "native"
+    native = fused_routing.kernel_path()
+    monkeypatch.setenv("CAPSLIB_KERNEL_MARCH", "x86-64-v3")
+    assert fused_routing.march() == "x86-64-v3"
+    assert "-march=x86-64-v3" in fused_routing._flags() and fused_routing.kernel_path() != native
+    monkeypatch.setenv("CAPSLIB_KERNEL_MARCH", "native; rm -rf /")
+    with pytest.raises(ValueError, match="not a compiler target name"):
+        fused_routing.march()

@@ -1,0 +1,122 @@
+"""The training signal at initialisation against what each decisive run did (the collapse chapter).
+
+Nothing here trains. ``results/collapse/screen_cpu.csv`` holds the screens of every from-scratch decisive
+config (:mod:`capslib.experiments.criterion_screen`); the stores of the ``collapse``, ``collapse_h`` and
+``collapse_plateau`` experiments hold the runs. :func:`criterion_table` joins each run to the screen of its
+very config hash, seed and dtype (the first training batch it saw); a pipeline's retrain stage, which has
+no from-scratch screen, is joined to the signal ``fit`` logged at its first step, when its history has it.
+:func:`criterion_figure` plots the largest first Adam step at initialisation against the final test
+accuracy, marked by dtype; :func:`rule_check` says whether one threshold separates the runs that learned
+from those that sat at chance, and which rows would refute it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .collapse_runs import CHANCE, CHANCE_BAND, _rc, results_root
+from .plots import FONT, PAGE_WIDTH_IN, book_figsize, legend_outside
+
+#: The rule committed with hypothesis H's predictions (results/collapse/predictions_h.md): a run whose largest
+#: first Adam step at initialisation, relative to its weights' RMS, is below this cannot learn in one epoch.
+THRESHOLD = 1e-5
+#: Where a step of exactly 0 is drawn on the log axis.
+ZERO_AT = 1e-12
+STUDIES = ("collapse", "collapse_h", "collapse_plateau")
+
+
+def _signal_max(groups: dict) -> float:
+    return max(float(v.get("update_max", 0.0)) for v in groups.values()) if groups else math.nan
+
+
+def criterion_table(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
+    """One row per decisive run: study, label, seed, dtype, epochs run, test accuracy (%), whether it sat at
+    chance, the largest first Adam step at initialisation (``update_max``) and the class capsules' max length,
+    and where the signal came from ("screen" or "fit log")."""
+    root = results_root(root)
+    screen_path = root / "collapse" / f"screen_{profile}.csv"
+    screen = pd.read_csv(screen_path) if screen_path.is_file() else pd.DataFrame(columns=["config_hash"])
+    first = screen[screen.get("batch", pd.Series(dtype=int)) == 0].drop_duplicates("config_hash")
+    by_hash = first.set_index("config_hash") if len(first) else first
+    out = []
+    for study in STUDIES:
+        path = root / (study if study != "collapse" else "collapse") / f"{profile}.csv"
+        if not path.is_file():
+            continue
+        rows = pd.read_csv(path)
+        rows = rows[(rows["status"] == "ok") & rows["stage"].isin(["train", "retrain"])]
+        for _, r in rows.iterrows():
+            signal, class_max, source = math.nan, math.nan, ""
+            if r["stage"] == "train" and r["config_hash"] in by_hash.index:
+                s = by_hash.loc[r["config_hash"]]
+                signal, class_max, source = float(s["update_max.all"]), float(s["class_max"]), "screen"
+            else:
+                hist = json.loads(r["history"]) if isinstance(r.get("history"), str) else []
+                sig = hist[0].get("signal") if hist else None
+                if sig:
+                    signal, class_max, source = _signal_max(sig["groups"]), sig["lengths"].get("class_max", math.nan), \
+                        "fit log"
+            acc = float(r["test_acc"])
+            out.append(dict(study=study, label=r.get("label", ""), seed=int(r["seed"]),
+                            dtype=r.get("train.dtype", "float32") if isinstance(r.get("train.dtype"), str) else "float32",
+                            epochs=int(r.get("epochs_run", 1) or 1), test_acc=100 * acc,
+                            at_chance=abs(acc - CHANCE) <= CHANCE_BAND, update_max=signal, class_max=class_max,
+                            source=source, config_hash=r["config_hash"]))
+    return pd.DataFrame(out)
+
+
+def rule_check(table: pd.DataFrame, threshold: float = THRESHOLD) -> dict:
+    """Whether ``update_max < threshold`` ⇔ the run sat at chance, over the runs with a signal: the counts,
+    and the rows that break it (each would refute the rule)."""
+    t = table.dropna(subset=["update_max"])
+    predicted = t["update_max"] < threshold
+    wrong = t[predicted != t["at_chance"]]
+    return {"runs": len(t), "below": int(predicted.sum()), "at_chance": int(t["at_chance"].sum()),
+            "refuting": wrong[["study", "label", "seed", "dtype", "update_max", "test_acc"]],
+            "largest_dead": float(t.loc[t["at_chance"], "update_max"].max()) if t["at_chance"].any() else math.nan,
+            "smallest_alive": float(t.loc[~t["at_chance"], "update_max"].min()) if (~t["at_chance"]).any()
+            else math.nan}
+
+
+def criterion_figure(table: pd.DataFrame, threshold: float = THRESHOLD, title: Optional[str] = None) -> Figure:
+    """The largest first Adam step at initialisation (relative to the weights' RMS, log scale; exactly 0
+    drawn at the left edge) against the final test accuracy, one marker per run: circles float32, squares
+    float64, filled for one-epoch runs and hollow for plateau runs; the rule's threshold dashed, chance
+    dotted."""
+    with _rc():
+        fig = Figure(figsize=book_figsize(PAGE_WIDTH_IN, 3.8), layout="constrained")
+        ax = fig.add_subplot()
+        t = table.dropna(subset=["update_max"]).copy()
+        t["x"] = t["update_max"].clip(lower=ZERO_AT)
+        rng = np.random.default_rng(0)
+        t["x"] = t["x"] * np.exp(rng.uniform(-0.15, 0.15, len(t)))  # a little jitter: seeds overlap
+        for dtype, marker in (("float32", "o"), ("float64", "s")):
+            for plateau, face in ((False, None), (True, "none")):
+                d = t[(t["dtype"] == dtype) & ((t["study"] == "collapse_plateau") == plateau)]
+                if d.empty:
+                    continue
+                label = f"{dtype}, {'plateau (≤ 10 epochs)' if plateau else 'one epoch'}"
+                kw = {"facecolors": face} if face else {}
+                ax.scatter(d["x"], d["test_acc"], marker=marker, s=36, label=label,
+                           edgecolors="tab:blue" if dtype == "float32" else "tab:red",
+                           c=None if face else ("tab:blue" if dtype == "float32" else "tab:red"), **kw)
+        ax.set_xscale("log")
+        ax.axvline(threshold, color="0.3", ls="--", lw=1)
+        ax.text(threshold * 1.3, 95, f"rule: {threshold:g}", fontsize=FONT["small"], va="top")
+        ax.axhline(100 * CHANCE, color="tab:red", ls=":", lw=1)
+        ax.set_ylim(0, 100)
+        lo = ZERO_AT / 3
+        ax.set_xlim(lo, max(1.0, float(t["x"].max()) * 3) if len(t) else 1.0)
+        ax.text(ZERO_AT, 3, "exactly 0", fontsize=FONT["small"], ha="center", color="0.35")
+        ax.set_xlabel("largest first Adam step at initialisation, relative to the weights' RMS (all groups)")
+        ax.set_ylabel("test accuracy (%)")
+        legend_outside(ax)
+        if title:
+            ax.set_title(title)
+    return fig
