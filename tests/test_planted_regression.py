@@ -19,15 +19,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: (name, file, text, planted text, the tests of the test command that own it)
+#: (name, file, text, planted text, the tests of the test command that own the behaviour)
 PLANTS = [
     ("margin loss m+ 0.9 -> 0.8", "capslib/engine/losses.py", "m_pos: float = 0.9", "m_pos: float = 0.8",
-     ["tests/test_losses_probes.py"]),
+     ["tests/test_losses_probes.py::test_margin_loss_values"]),
     ("CHIP score's sign", "capslib/pruning/chip.py", "ci = (2.0 / math.pi) * QUAD_STEP",
-     "ci = -(2.0 / math.pi) * QUAD_STEP", ["tests/test_chip.py"]),
+     "ci = -(2.0 / math.pi) * QUAD_STEP", ["tests/test_chip.py::test_matches_svd_reference"]),
     ("one routing iteration fewer in ConvCaps", "capslib/engine/capsules.py",
      "fused_routing.route(windows, weight, self.iters, self.squash_eps)",
-     "fused_routing.route(windows, weight, self.iters - 1, self.squash_eps)", ["tests/test_routing.py"]),
+     "fused_routing.route(windows, weight, self.iters - 1, self.squash_eps)",
+     ["tests/test_routing.py::test_convcaps_matches_slow_loop"]),
 ]
 
 
