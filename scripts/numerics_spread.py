@@ -7,9 +7,10 @@ committed outputs (``tests/nbval_numbers.py``); every exact ``# NBVAL_CHECK_OUTP
 
     .venv/bin/python scripts/numerics_spread.py [--levels native avx2 sse] [--out results/numerics]
 
-writes ``<out>/spread.csv`` (label, level, instruction sets, largest deviation, committed precision,
-suggested tolerance) and prints the ``TOLERANCES`` to set in ``tests/nbval_numbers.py``: twice the largest
-deviation over the levels, rounded up to the cell's printed precision, and at least one unit of it.
+writes ``<out>/spread.csv`` (label, level, instruction sets, the largest deviation of the numbers printed as
+integers and of those printed with decimals, the committed precision) and prints the ``TOLERANCES`` to set
+in ``tests/nbval_numbers.py``: twice the largest deviation over the levels, rounded up to the printed
+precision, and at least one unit of it.
 Reads nothing from and writes nothing to the working tree but ``<out>``. About 3-5 minutes per level on a
 2-core machine.
 """
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -41,8 +43,8 @@ LEVELS = {
 
 
 def committed_units(root: Path) -> dict[str, float]:
-    """Per CHECK_NUMBERS label, the smallest printed unit among its committed non-count numbers
-    (0.01 for ``0.66``, 1 for ``70``)."""
+    """Per CHECK_NUMBERS label, the smallest printed unit among its committed numbers printed with decimals
+    (0.01 for ``0.66``; 1 when it prints none)."""
     import nbformat
 
     units: dict[str, float] = {}
@@ -60,14 +62,15 @@ def committed_units(root: Path) -> dict[str, float]:
     return units
 
 
-def run_level(level: str, env_extra: dict[str, str], work: Path) -> tuple[list[dict], int, str]:
+def run_level(level: str, env_extra: dict[str, str], work: Path,
+              notebooks: Sequence[str] = ("notebooks",)) -> tuple[list[dict], int, str]:
     """nbval over a fresh clone at one level: (recorded rows, pytest's exit code, its summary line)."""
     clone = work / f"clone-{level}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     record = work / f"record-{level}.jsonl"
     env = {**os.environ, **env_extra, "PYTHONPATH": str(clone), "CAPSLIB_NBVAL_RECORD": str(record),
            "CAPSLIB_CACHE": str(work / f"models-{level}")}
-    cmd = [str(ROOT / ".venv" / "bin" / "pytest"), "notebooks", "--nbval-lax", "--sanitize-with",
+    cmd = [str(ROOT / ".venv" / "bin" / "pytest"), *notebooks, "--nbval-lax", "--sanitize-with",
            "tests/nbval_sanitize.cfg", "-p", "no:cacheprovider", "-q"]
     proc = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
@@ -81,6 +84,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "numerics")
+    ap.add_argument("--notebooks", nargs="+", default=["notebooks"],
+                    help="what nbval runs, relative to the clone (default: every chapter)")
     args = ap.parse_args(argv)
     units = committed_units(ROOT)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -89,12 +94,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="capslib-numerics-") as tmp:
         for level in args.levels:
             t0 = time.time()
-            rows, code, summary = run_level(level, LEVELS[level], Path(tmp))
+            rows, code, summary = run_level(level, LEVELS[level], Path(tmp), args.notebooks)
             print(f"[{level}] nbval exit {code} in {time.time() - t0:.0f} s: {summary}", flush=True)
             for r in rows:
                 out_rows.append({"commit": sha, "level": level, "label": r["label"], "cpu_isa": r["cpu_isa"],
                                  "onednn_isa": r["onednn_isa"], "kernel_march": r["kernel_march"],
-                                 "max_deviation": r["max_deviation"], "numbers": r["numbers"],
+                                 "max_integers": r["max_integers"], "max_decimals": r["max_decimals"],
+                                 "numbers": r["numbers"],
                                  "unit": units.get(r["label"], 1.0), "nbval_exit": code,
                                  "text_differs": any("text around" in p or "count" in p or "index lists" in p
                                                      for p in r["problems"])})
@@ -105,14 +111,17 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(out_rows)
     print(f"wrote {path} ({len(out_rows)} rows)")
-    worst: dict[str, float] = {}
+    worst: dict[str, dict[str, float]] = {}
     for r in out_rows:
-        worst[r["label"]] = max(worst.get(r["label"], 0.0), float(r["max_deviation"]))
-    print("TOLERANCES = {  # label: (tolerance, largest deviation measured)")
+        w = worst.setdefault(r["label"], {"integers": 0.0, "decimals": 0.0})
+        w["integers"] = max(w["integers"], float(r["max_integers"]))
+        w["decimals"] = max(w["decimals"], float(r["max_decimals"]))
+    print("TOLERANCES = {  # label: Tolerance(integers, decimals, measured integers, measured decimals)")
     for label in sorted(worst):
-        unit = units.get(label, 1.0)
-        tol = max(unit, math.ceil(round(2 * worst[label] / unit, 6)) * unit)
-        print(f"    {label!r}: ({tol:.6g}, {worst[label]:.6g}),")
+        unit, w = units.get(label, 1.0), worst[label]
+        tol_i = max(1.0, math.ceil(round(2 * w["integers"], 6)))
+        tol_d = max(unit, math.ceil(round(2 * w["decimals"] / unit, 6)) * unit)
+        print(f"    {label!r}: Tolerance({tol_i:.6g}, {tol_d:.6g}, {w['integers']:.6g}, {w['decimals']:.6g}),")
     print("}")
     return 0
 

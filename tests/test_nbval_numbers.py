@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbval_numbers import TOLERANCES, check_cell, compare, label_of, output_texts, split_numbers
+from nbval_numbers import TOLERANCES, Tolerance, check_cell, compare, label_of, output_texts, split_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -35,8 +35,9 @@ def test_every_trained_metric_cell_is_ignored_by_nbval_and_has_a_measured_tolera
         assert "# NBVAL_IGNORE_OUTPUT" in lines and "# NBVAL_CHECK_OUTPUT" not in lines, (name, lines[:2])
         assert cell.outputs, f"{name}: {label_of(cell.source)} has no committed output to check against"
     assert set(labels) == set(TOLERANCES), "a label without a tolerance, or a tolerance without a cell"
-    for label, (tol, measured) in TOLERANCES.items():
-        assert tol > 0 and tol >= 2 * measured - 1e-12, (label, tol, measured)
+    for label, t in TOLERANCES.items():
+        assert t.integers >= max(1, 2 * t.measured_integers) - 1e-12, label
+        assert 0 < t.decimals and t.decimals >= 2 * t.measured_decimals - 1e-12, label
 
 
 def test_split_numbers_reads_the_chapters_formats():
@@ -49,15 +50,15 @@ def test_split_numbers_reads_the_chapters_formats():
 @pytest.mark.parametrize("name,cell", CELLS, ids=[label_of(c.source) for _, c in CELLS])
 def test_committed_outputs_pass_and_a_moved_metric_fails(name, cell):
     label = label_of(cell.source)
-    tol = TOLERANCES[label][0]
     same = check_cell(label, cell.outputs, cell.outputs)
-    assert same.ok and same.max_deviation == 0 and same.numbers > 0
+    assert same.ok and same.max_integers == same.max_decimals == 0 and same.numbers > 0
 
     # move the first non-count number of the committed output by 3 tolerances: the check must fail
     moved = copy.deepcopy(cell.outputs)
     texts = output_texts(moved)
     target = next(i for i, t in enumerate(texts) if any(not _count(tok) for tok in split_numbers(t)[1]))
     tok = next(tok for tok in split_numbers(texts[target])[1] if not _count(tok))
+    tol = TOLERANCES[label].decimals if "." in tok else TOLERANCES[label].integers
     new_value = float(tok) + 3 * tol
     _replace_first_number(moved, tok, f"{new_value:.6g}")
     assert not check_cell(label, moved, cell.outputs).ok
@@ -83,15 +84,23 @@ def _replace_first_number(outputs, token: str, new: str) -> None:
     raise AssertionError(f"{token} not found")
 
 
-def test_counts_text_and_index_lists_are_exact():
-    base = ["<td>conv1</td><td>199,568</td><td>0.66</td><td>0,1,3,6</td>"]
-    assert compare(base, base, 0.01).ok
-    assert compare(["<td>conv1</td><td>199,568</td><td>0.67</td><td>2,3,5,7</td>"], base, 0.01).ok  # which: free
-    assert not compare(["<td>conv1</td><td>199,569</td><td>0.66</td><td>0,1,3,6</td>"], base, 0.01).ok  # a count
-    assert not compare(["<td>conv2</td><td>199,568</td><td>0.66</td><td>0,1,3,6</td>"], base, 0.01).ok  # a label
-    assert not compare(["<td>conv1</td><td>199,568</td><td>0.66</td><td>0,1,3</td>"], base, 0.01).ok  # how many
-    assert not compare(["<td>conv1</td><td>199,568</td><td>0.68</td><td>0,1,3,6</td>"], base, 0.01).ok  # beyond tol
-    assert not compare(base + base, base, 0.01).ok  # an extra output
+def test_counts_text_and_index_lists_are_exact_and_each_kind_has_its_tolerance():
+    tol = Tolerance(integers=2, decimals=0.01, measured_integers=1, measured_decimals=0.005)
+    base = ["<td>conv1</td><td>199,568</td><td>0.66</td><td>0,1,3,6</td><td>70</td><td>True</td>"]
+
+    def ok(text, flags_free=False):
+        return compare([text], base, tol, flags_free).ok
+
+    assert compare(base, base, tol).ok
+    assert ok("<td>conv1</td><td>199,568</td><td>0.67</td><td>2,3,5,7</td><td>72</td><td>True</td>")  # which: free
+    assert not ok("<td>conv1</td><td>199,569</td><td>0.66</td><td>0,1,3,6</td><td>70</td><td>True</td>")  # a count
+    assert not ok("<td>conv2</td><td>199,568</td><td>0.66</td><td>0,1,3,6</td><td>70</td><td>True</td>")  # a label
+    assert not ok("<td>conv1</td><td>199,568</td><td>0.66</td><td>0,1,3</td><td>70</td><td>True</td>")  # how many
+    assert not ok("<td>conv1</td><td>199,568</td><td>0.68</td><td>0,1,3,6</td><td>70</td><td>True</td>")  # decimals
+    assert not ok("<td>conv1</td><td>199,568</td><td>0.66</td><td>0,1,3,6</td><td>73</td><td>True</td>")  # integers
+    flipped = "<td>conv1</td><td>199,568</td><td>0.66</td><td>0,1,3,6</td><td>70</td><td>False</td>"
+    assert not ok(flipped) and ok(flipped, flags_free=True)  # a flag flips only where a label allows it
+    assert not compare(base + base, base, tol).ok  # an extra output
 
 
 def test_numerics_provenance_follows_the_environment():
