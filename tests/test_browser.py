@@ -11,8 +11,11 @@ CDN would fail here.
   chapters the last ``make book`` executed (``book/<name>.ipynb``), else from
   the committed notebooks. Every page of the table of contents loads with no
   console error and no request off the machine, every figure has pixels and is
-  shown at its natural size, no table is wider than the text, and every slider
-  switches its panel. A full-page screenshot of every page is kept in
+  shown at its natural size, no table is wider than the text or scrolls inside
+  its output, no papermill injected-parameters cell is shown, and every slider
+  switches its panel. The front page shows the claims table, one row per verdict
+  of the verdict page, whose links all land, and the headline figure at its
+  natural size. A full-page screenshot of every page is kept in
   ``artifacts/browser/pages/`` (gitignored).
 """
 from __future__ import annotations
@@ -288,6 +291,48 @@ return {colours: seen.size, natural: img.naturalWidth, shown: img.getBoundingCli
 """
 
 
+#: Where a table sits against the text column: its width and right edge, the column's content edge, and the
+#: first element between the table and the article that scrolls sideways (the table is cut off there).
+_TABLE_FIT_JS = """
+const t = arguments[0], art = arguments[1];
+const r = t.getBoundingClientRect(), a = art.getBoundingClientRect(), cs = getComputedStyle(art);
+let clipped = null;
+for (let e = t.parentElement; e && e !== art; e = e.parentElement) {
+  if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible') {
+    clipped = (e.tagName + '.' + (e.className || '')).slice(0, 60); break;
+  }
+}
+return {width: Math.max(r.width, t.scrollWidth), right: r.right, edge: a.right - parseFloat(cs.paddingRight),
+        clipped: clipped};
+"""
+
+
+def _table_problems(driver, article) -> list[str]:
+    """Every table of the article that is wider than the text column or cut off by a scrolling container."""
+    from selenium.webdriver.common.by import By
+
+    problems = []
+    width = driver.execute_script("return arguments[0].clientWidth", article)
+    for table in article.find_elements(By.CSS_SELECTOR, "table"):
+        fit = driver.execute_script(_TABLE_FIT_JS, table, article)
+        first = table.text.splitlines()[0][:80] if table.text else ""
+        if fit["width"] > width + 1 or fit["right"] > fit["edge"] + 1:
+            problems.append(f"table {fit['width']:.0f} px wide in a {width} px column: {first}")
+        elif fit["clipped"]:
+            problems.append(f"table cut off by a scrolling {fit['clipped']}: {first}")
+    return problems
+
+
+def _injected_cells(driver) -> list[str]:
+    """Cells of papermill's injected parameters that the page shows (their tag class or their comment)."""
+    from selenium.webdriver.common.by import By
+
+    shown = driver.find_elements(By.CSS_SELECTOR, ".tag_injected-parameters")
+    shown += [c for c in driver.find_elements(By.CSS_SELECTOR, ".cell_input")
+              if c.text.lstrip().startswith("# Parameters")]
+    return [c.text[:60] for c in shown]
+
+
 def _image_ok(driver, img) -> dict:
     """Pixel facts of a loaded image (None when it has no pixels)."""
     return driver.execute_script(_PIXELS_JS, img)
@@ -358,13 +403,10 @@ def test_real_book_page_as_a_reader_sees_it(real_site, browser, name):
             problems.append(f"blank image {src}")
         elif facts["natural"] > 1.05 * facts["shown"] + 1:  # downscaled: its text is smaller than drawn
             problems.append(f"image {src} is {facts['natural']} px wide but shown at {facts['shown']:.0f} px")
-    # tables: none wider than the text column (no horizontal scrolling)
-    width = browser.execute_script("return arguments[0].clientWidth", article)
-    for table in article.find_elements(By.CSS_SELECTOR, "table"):
-        w = browser.execute_script("return arguments[0].scrollWidth", table)
-        if w > width + 1:
-            first = table.text.splitlines()[0][:80] if table.text else ""
-            problems.append(f"table {w} px wide in a {width} px column: {first}")
+    # tables: none wider than the text column, none cut off inside a scrolling output
+    problems += _table_problems(browser, article)
+    # papermill's injected-parameters cell is hidden (tagged remove-cell by the build)
+    problems += [f"injected-parameters cell shown: {text!r}" for text in _injected_cells(browser)]
     # links: no button to a repository, Binder or Colab that does not exist
     hrefs = [a.get_attribute("href") or "" for a in browser.find_elements(By.CSS_SELECTOR, "a")]
     problems += [f"placeholder link {h}" for h in hrefs
@@ -395,3 +437,56 @@ def test_real_book_page_as_a_reader_sees_it(real_site, browser, name):
     _save_full_page(browser, name.replace("/", "_"))
     problems += [f"console: {m}" for m in _console_errors(browser)]
     assert problems == [], "\n".join(problems)
+
+
+def test_front_page_shows_the_claims_table_and_the_headline_figure(real_site, browser):
+    """The front page opens with the claims table (one row per verdict of the verdict page, a badge that opens
+    to the full verdict, links that land on an existing claim or section) and the headline figure, with
+    pixels, at its natural size."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def load(page):
+        browser.get(f"{real_site}/book/{page}")
+        WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    load("verdicts.html")
+    verdict_ids = [e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, "span[id^='claim-']")]
+    assert verdict_ids == [f"claim-{i}" for i in range(1, len(verdict_ids) + 1)] and len(verdict_ids) >= 8
+    own = browser.find_elements(By.CSS_SELECTOR, "table.capslib-claims tbody tr")
+    assert len(own) == len(verdict_ids), "the verdict page's table has one row per claim block"
+
+    load("intro.html")
+    article = browser.find_element(By.CSS_SELECTOR, "article.bd-article")
+    rows = article.find_elements(By.CSS_SELECTOR, "table.capslib-claims tbody tr")
+    assert len(rows) == len(verdict_ids), f"{len(rows)} claims on the front page, {len(verdict_ids)} verdicts"
+    first = rows[0].find_element(By.CSS_SELECTOR, "details")
+    full = first.find_element(By.CSS_SELECTOR, "p")
+    assert not full.is_displayed(), "the full verdict is folded under its badge"
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", first)
+    first.find_element(By.CSS_SELECTOR, "summary").click()
+    WebDriverWait(browser, 5).until(lambda d: full.is_displayed())
+    assert len(full.text) > len(first.find_element(By.CSS_SELECTOR, "summary").text)
+    assert _table_problems(browser, article) == []
+    links = article.find_elements(By.CSS_SELECTOR, "table.capslib-claims a")
+    targets = sorted({a.get_attribute("href") for a in links})
+
+    figure = [img for img in article.find_elements(By.CSS_SELECTOR, "img")
+              if "headline" in (img.get_attribute("src") or "")]
+    assert len(figure) == 1, "one headline figure on the front page"
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", figure[0])
+    WebDriverWait(browser, 20).until(lambda d: _image_ok(d, figure[0]) is not None)
+    facts = _image_ok(browser, figure[0])
+    assert facts["colours"] > 8 and facts["natural"] >= 700, facts
+    assert abs(facts["natural"] - facts["shown"]) <= 1, f"shown at {facts['shown']:.0f} px, drawn at {facts['natural']}"
+    caption = article.find_element(By.CSS_SELECTOR, "figure figcaption").text
+    assert 2 <= caption.count(". ") + 1 <= 5 and "I = " in caption
+
+    missing = []
+    for href in targets:  # every link of the table lands on an element that exists
+        page, _, fragment = href.partition("#")
+        browser.get(page)
+        WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+        if fragment and not browser.find_elements(By.ID, fragment):
+            missing.append(href.rsplit("/", 1)[-1])
+    assert missing == [], f"links to nothing: {missing}"

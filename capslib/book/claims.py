@@ -24,21 +24,26 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from .chapters.verdicts import Verdict, claim_anchor
-from .collapse_runs import DATASET_LABELS, _collapsed, results_root
+from .collapse_runs import DATASET_LABELS, _collapsed, results_root, summary_view
 
 #: The badge class of each verdict category (colours in :data:`_STYLE`).
 _BADGE_CLASS = (("reproduced", "reproduced"), ("not reproduced", "not-reproduced"), ("explained", "explained"),
                 ("inconclusive", "inconclusive"), ("untestable", "untestable"))
 
 _STYLE = """<style>
-table.capslib-claims {width: 100%; table-layout: fixed; border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0 1em}
+table.capslib-claims {width: 100%; table-layout: fixed; border-collapse: collapse; font-size: 0.9em;
+  margin: 0.5em 0 1em}
 table.capslib-claims th, table.capslib-claims td {vertical-align: top; text-align: left; padding: 0.4em 0.45em;
   border-bottom: 1px solid rgba(128, 128, 128, 0.35); overflow-wrap: anywhere}
 table.capslib-claims th {font-weight: 600}
 table.capslib-claims small {opacity: 0.75}
-table.capslib-claims summary {cursor: pointer}
+table.capslib-claims summary {cursor: pointer; list-style: none}
+table.capslib-claims summary::-webkit-details-marker {display: none}
+table.capslib-claims summary .capslib-badge::after {content: " ▸"}
+table.capslib-claims details[open] summary .capslib-badge::after {content: " ▾"}
 table.capslib-claims details p {margin: 0.35em 0 0}
-.capslib-badge {display: inline-block; padding: 0.05em 0.55em; border-radius: 0.9em; font-weight: 600; line-height: 1.5}
+.capslib-badge {display: inline-block; padding: 0.05em 0.55em; border-radius: 0.9em; font-weight: 600;
+  line-height: 1.5}
 .capslib-badge.reproduced {background: #d3efd9; color: #14532d}
 .capslib-badge.not-reproduced {background: #f9d4d4; color: #7f1d1d}
 .capslib-badge.explained {background: #fce6bd; color: #6b3c09}
@@ -78,9 +83,9 @@ def claims_html(vs: Sequence[Verdict], here: str = "intro") -> str:
     for number, v in enumerate(vs, start=1):
         anchor = claim_anchor(number)
         to_claim = f"#{anchor}" if here == "verdicts" else f"verdicts.html#{anchor}"
-        chapter, heading = v.decided_in
-        decided = (f'<a href="{section_href(chapter, heading)}">{html.escape(chapter)}: {html.escape(heading)}</a>'
-                   if chapter else "")
+        chapter, heading, label = v.decided_in
+        decided = (f'<a href="{section_href(chapter, heading)}" title="{html.escape(heading)}">'
+                   f'{html.escape(label or heading)}</a>' if chapter else "")
         seeds = f"{v.seeds} seed{'s' if v.seeds != 1 else ''}"
         rows.append(
             f'<tr class="capslib-claim">'
@@ -192,7 +197,7 @@ def _rescue_negative(summary: pd.DataFrame, store: str) -> Optional[Negative]:
     test, ctrl = pts[pts["role"] == "test"], pts[pts["role"] == "control"]
     if test.empty or ctrl.empty:
         return None
-    rows = pts[["point", "role", "seeds", "test acc (%)", "± std", "collapsed"]].round(1).reset_index(drop=True)
+    rows = summary_view(pts).reset_index()
     best = ctrl.loc[ctrl["test acc (%)"].idxmax()]
     t = test.iloc[0]
     rel = "no better than" if t["test acc (%)"] <= best["test acc (%)"] + (best["± std"] or 0) else "better than"
@@ -208,11 +213,14 @@ def _pipeline_stages(raw: pd.DataFrame, store: str) -> Optional[Negative]:
     if raw.empty or "stage" not in raw:
         return None
     st = raw[(raw["status"] == "ok") & raw["stage"].isin(["base", "ccm"])]
+    st = st.drop_duplicates(["stage", "seed", "config_hash"], keep="last")  # prune points share these stages
     if st.empty:
         return None
-    g = st.groupby(["stage"], sort=False)["test_acc"]
-    rows = pd.DataFrame({"stage": list(g.groups), "rows": g.size().to_numpy(),
-                         "test acc, min": [_pct(v) for v in g.min()], "test acc, max": [_pct(v) for v in g.max()]})
+    g = st.groupby("stage", sort=False)
+    rows = pd.DataFrame({"stage": list(g.groups), "seeds": [", ".join(str(int(x)) for x in sorted(d["seed"].unique()))
+                                                           for _, d in g],
+                         "test acc, min": [_pct(v) for v in g["test_acc"].min()],
+                         "test acc, max": [_pct(v) for v in g["test_acc"].max()]})
     text = (f"The base and CCM stages of the §3.5 pipeline, one epoch each, reached only "
             f"{_pct(st['test_acc'].min())} to {_pct(st['test_acc'].max())} test accuracy: CHIP scored the channels "
             "of a backbone that had barely learned, so the prune test says nothing about which channels CHIP "
@@ -273,7 +281,8 @@ def evidence_cost(root: Optional[str | Path] = None, runs_profile: str = "cpu") 
         if col is None or df.empty:
             continue
         rel = str(path.relative_to(root))
-        k = kinds.setdefault(_evidence_kind(rel, runs_profile), {"files": [], "rows": 0, "hours": 0.0, "devices": set()})
+        k = kinds.setdefault(_evidence_kind(rel, runs_profile),
+                             {"files": [], "rows": 0, "hours": 0.0, "devices": set()})
         k["files"].append(f"`results/{rel}`")
         k["rows"] += len(df)
         k["hours"] += float(pd.to_numeric(df[col], errors="coerce").sum()) / 3600
@@ -324,8 +333,7 @@ def could_not_test(vs: Sequence[Verdict]) -> list[str]:
                      f"{' and '.join(gpu)} were never run; the decisive runs use the `cpu` profile.")
     for i, v in enumerate(vs, start=1):
         if v.untestable and "CIFAR-10" not in v.untestable:
-            items.append(f"**{v.untestable[:1].upper() + v.untestable[1:]}**: not available here (claim {i}: "
-                         f"{v.title or v.claim}).")
+            items.append(f"**{v.untestable[:1].upper() + v.untestable[1:]}**: not available here (claim {i}).")
         if v.verdict.startswith("untestable"):
             items.append(f"Claim {i} ({v.title or v.claim}) is graded *{v.verdict}*.")
     return items

@@ -32,6 +32,9 @@ from .plots import FONT, PAGE_WIDTH_IN, book_figsize
 
 #: The headline figure, beside the fragment (``book/_generated/frontpage.md``) that shows it.
 HEADLINE_PNG = "headline.png"
+#: Its width: the text column is 790 px at the browser test's window and the ``{figure}`` directive pads its
+#: image by 8 px a side, so 7.7 in at 100 dpi (770 px) is shown at its natural size.
+HEADLINE_WIDTH_IN = PAGE_WIDTH_IN - 0.3
 
 
 # ======================================================================================
@@ -145,7 +148,7 @@ def headline_figure(data: pd.DataFrame, cliff: Optional[int] = None, pruned: Opt
     from .collapse_runs import _rc
 
     with _rc():
-        fig = Figure(figsize=book_figsize(PAGE_WIDTH_IN, 5.4), layout="constrained")
+        fig = Figure(figsize=book_figsize(HEADLINE_WIDTH_IN, 5.4), layout="constrained")
         ax = fig.add_subplot()
         ax.set_yscale("log")
         pos = data["measured"][data["measured"] > 0]
@@ -188,6 +191,12 @@ def headline_figure(data: pd.DataFrame, cliff: Optional[int] = None, pruned: Opt
     return fig
 
 
+def _at(d: pd.DataFrame, I: Optional[int]) -> Optional[float]:
+    """The measured length of one route at depth ``I`` (None when ``I`` is None or not measured)."""
+    hit = d.loc[d["I"] == I, "measured"] if I is not None else d.iloc[0:0]["measured"]
+    return float(hit.iloc[0]) if len(hit) else None
+
+
 def headline_caption(data: pd.DataFrame, cliff: Optional[int], pruned: Optional[dict]) -> str:
     """Two or three sentences that say what the figure shows, with its numbers read from ``data``."""
     by = {k: d for k, d in data.groupby("route", sort=False)}
@@ -198,16 +207,15 @@ def headline_caption(data: pd.DataFrame, cliff: Optional[int], pruned: Optional[
          f"(dots; triangles: exactly 0) and predicted by the length recurrence (dashes)."]
     if a is not None:
         z = _first_zero(a)
-        at = (f" is {a.loc[a['I'] == cliff, 'measured'].iloc[0]:.0e} at I = {cliff}, where the decisive runs sit at "
-              f"chance in every seed, and") if cliff is not None else ""
+        at = (f" is {_at(a, cliff):.0e} at I = {cliff}, where the decisive runs sit at chance in every seed, and"
+              if _at(a, cliff) is not None else "")
+        end = f"exactly 0 from I = {z}" if z is not None else f"non-zero to I = {I_max}"
         s.append(f"At the authors' init scale (ConvCaps std {a['std'].iloc[0]:g}) the length of "
-                 f"CapsNet[{a['C'].iloc[0]}, {a['D'].iloc[0]}] falls doubly "
-                 f"exponentially: it{at} is {'exactly 0 from I = ' + str(z) if z is not None else 'non-zero to I = ' + str(I_max)}.")
+                 f"CapsNet[{a['C'].iloc[0]}, {a['D'].iloc[0]}] falls doubly exponentially: it{at} is {end}.")
     routes = []
     if n is not None:
         z = _first_zero(n)
-        at = (f"is {n.loc[n['I'] == cliff, 'measured'].iloc[0]:.0e} at I = {cliff} and "
-              if cliff is not None and cliff in set(n["I"]) else "")
+        at = f"is {_at(n, cliff):.0e} at I = {cliff} and " if _at(n, cliff) is not None else ""
         routes.append(f"{n['label'].iloc[0]} {at}stays non-zero to I = {(z - 1) if z is not None else I_max}")
     if r is not None:
         routes.append(f"the length-map init holds it between {r['measured'].min():.2f} and {r['measured'].max():.2f} "
@@ -225,6 +233,15 @@ def headline_caption(data: pd.DataFrame, cliff: Optional[int], pruned: Optional[
 # ======================================================================================
 # The fragment
 # ======================================================================================
+def _files(listed: str) -> str:
+    """A store list for prose: the files themselves when there are one or two, else how many and where."""
+    files = [f.strip() for f in listed.split(",") if f.strip()]
+    if len(files) <= 2:
+        return " and ".join(files)
+    folders = sorted({f.strip("`").split("/")[1] for f in files})
+    return f"{len(files)} stores under `results/` ({', '.join(folders)})"
+
+
 def _cost_markdown(root: Optional[Path], readme: Optional[Path], runs_profile: str = RUNS_PROFILE) -> str:
     from .claims import evidence_cost, make_book_cost
 
@@ -232,21 +249,23 @@ def _cost_markdown(root: Optional[Path], readme: Optional[Path], runs_profile: s
     lines = []
     if not cost.empty:
         devices = "; ".join(dict.fromkeys(d for ds in cost["devices"] for d in ds.split("; ") if d))
-        parts = [f"{r['hours']:.1f} h of {r['evidence']} ({r['rows']} rows: {r['files']})" for _, r in cost.iterrows()]
+        parts = [f"{r['hours']:.1f} h of {r['evidence']} ({r['rows']} rows in {_files(r['files'])})"
+                 for _, r in cost.iterrows()]
         lines.append(f"**The committed evidence cost {cost['hours'].sum():.1f} CPU-hours** on {devices} (the "
                      f"`device_name` of every row; this project's 2-core machine, each run on one thread), summed "
                      f"from the rows' recorded wall times: " + "; ".join(parts) + ".")
     where, steps = make_book_cost(readme) if readme is not None else ("", [])
     if steps:
         quoted = "; ".join(f"{step}: **{time}**" for step, time in steps)
-        lines.append(f"**One `make book`**, as measured in the README (*What to expect*; {where[:1].lower() + where[1:]}): "
-                     f"{quoted}. It trains only the small smoke models; every decisive run is read from its committed "
-                     "row.")
+        when = where[:1].lower() + where[1:]
+        lines.append(f"**One `make book`**, as measured in the README (*What to expect*; {when}): {quoted}. It "
+                     "trains only the small smoke models; every decisive run is read from its committed row.")
     return "\n\n".join(lines)
 
 
 def front_page_markdown(vs, data: pd.DataFrame, cliff: Optional[int], pruned: Optional[dict],
-                        root: Optional[Path] = None, readme: Optional[Path] = None, footer: str = "") -> str:
+                        root: Optional[Path] = None, readme: Optional[Path] = None, footer: str = "",
+                        runs_profile: str = RUNS_PROFILE) -> str:
     """The included fragment: claims table, headline figure with caption and provenance, the cost of the
     evidence and what could not be tested (MyST Markdown)."""
     from .claims import claims_html, could_not_test
@@ -258,13 +277,16 @@ def front_page_markdown(vs, data: pd.DataFrame, cliff: Optional[int], pruned: Op
         f"code as the {{doc}}`verdict page <verdicts>`; click a verdict for its full text. What was tried and "
         f"did not work is {{ref}}`on the verdict page too <what-did-not-work>`.", "",
         "```{raw} html", claims_html(vs, here="intro"), "```", "",
+        f"*Evidence read:* `results/collapse/{runs_profile}.csv`, `results/depth_limits/fmnist.csv`, "
+        "`results/table1/`, `results/table5/`, `results/seed002_depth/` as committed when this page was built; "
+        "seeds: the fewest over the points a verdict rests on.", "",
         f"```{{figure}} {GENERATED_DIR}/{HEADLINE_PNG}",
         ":name: headline-figure",
         ":alt: Class-capsule length against the number of IntermediateCaps layers, measured and predicted",
         "", headline_caption(data, cliff, pruned), "```", "",
         footer, "",
         "### What the evidence cost", "",
-        _cost_markdown(root, readme), "",
+        _cost_markdown(root, readme, runs_profile), "",
         "### What we could not test", "",
         untested, ""])
 
@@ -292,7 +314,8 @@ def write_front_page(book_dir: Path, runs_profile: str = RUNS_PROFILE, root: Opt
     footer = live_footer(data.attrs["seed"], data.attrs["n_images"],
                          note=f"cliff and pruned net: `results/collapse/{runs_profile}.csv`")
     md = out_dir / FRONT_PAGE
-    md.write_text(front_page_markdown(vs, data, cliff, pruned, results_root(root), readme, footer), encoding="utf8")
+    md.write_text(front_page_markdown(vs, data, cliff, pruned, results_root(root), readme, footer, runs_profile),
+                  encoding="utf8")
     return [md, png]
 
 

@@ -32,7 +32,7 @@ class Verdict:
     refute the claim; ``would_change``: what would change the verdict (for "inconclusive": which
     committed rows would decide it). For the claims table of the front page: ``title``, the claim in a
     few words; ``cause``, the short form of an "explained by" cause; ``decided_in``, the (chapter, section
-    heading) whose evidence decides it; ``untestable``, the part of the claim no machine here can test.
+    heading, short link text) whose evidence decides it; ``untestable``, the part of the claim no machine here can test.
     """
 
     claim: str
@@ -47,7 +47,7 @@ class Verdict:
     details: dict = field(default_factory=dict)
     title: str = ""
     cause: str = ""
-    decided_in: tuple[str, str] = ("", "")
+    decided_in: tuple[str, str, str] = ("", "", "")
     untestable: str = ""
 
     @property
@@ -93,9 +93,10 @@ _RESCUE_CAUSE_BACKBONE = "the trained backbone (the unpruned C = 20 net on it tr
 _SHORT_CAUSE = {_RESCUE_CAUSE_NARROW: "fewer types C′", _RESCUE_CAUSE_BACKBONE: "the trained backbone"}
 _CLIFF_CAUSE = "the length cliff at initialisation (class lengths exactly 0, gradient exactly 0)"
 
-#: Where the evidence of each kind of claim is shown: (chapter, section heading).
-_DECISIVE_RUNS = ("collapse", "The decisive runs")
-_INIT_SCREENS = ("collapse", "Predicted against the paper: the depth limit of every configuration")
+#: Where the evidence of each kind of claim is shown: (chapter, section heading, short link text).
+_DECISIVE_RUNS = ("collapse", "The decisive runs", "Collapse: the decisive runs")
+_INIT_SCREENS = ("collapse", "Predicted against the paper: the depth limit of every configuration",
+                 "Collapse: depth limits at init")
 _CIFAR = "the paper's CIFAR-10 accuracies"
 
 
@@ -105,7 +106,7 @@ _SMOKE_SCALE = "smoke: Fashion-MNIST subsets, small models, one or two epochs"
 
 def budget(profile: str) -> str:
     """The training budget of ``profile`` in words, read from its config: "profile cpu: 3,000 training
-    images, one epoch at batch 64"."""
+    images, one epoch"."""
     from ...engine.config import PROFILES
 
     if profile not in PROFILES:
@@ -113,7 +114,7 @@ def budget(profile: str) -> str:
     cfg = PROFILES[profile]()
     n = f"{cfg.data.train_size:,}" if cfg.data.train_size else "all"
     epochs = "one epoch" if cfg.train.epochs == 1 else f"{cfg.train.epochs} epochs"
-    return f"profile {profile}: {n} training images, {epochs} at batch {cfg.train.batch_size}"
+    return f"profile {profile}: {n} training images, {epochs}"
 
 
 def _collapse_pair(summary: pd.DataFrame) -> tuple[Optional[pd.Series], Optional[pd.Series]]:
@@ -248,7 +249,8 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], {budget(runs_profile)}",
         seeds=n,
         control="CapsNet[20, 8, 6] with the same init and budget must train (else the collapse is not specific "
-                "to I ≥ 7); the init std (0.3 collapses earlier, 0.7 not at all: slider below) is the lever.",
+                "to I ≥ 7); the init std (0.3 collapses earlier, 0.7 not at all: the collapse chapter's init-std "
+                "slider) is the lever.",
         would_change=(f"Decided by {store} rows of points {_labels(summary, 'collapse', 'control')} (below the "
                       f"limit) and {_labels(summary, 'collapse', 'test')} (at and beyond it), ≥ {MIN_SEEDS} seeds "
                       "each: reproduced if every seed at the limit sits at chance and no seed below it does; not "
@@ -282,7 +284,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       explained_by=(" and ".join(dict.fromkeys(causes)) + ", not by which channels CCM + CHIP "
                                     "keep") if ctrl_trains else None),
         evidence=_points_text(summary, "rescue") + ". At initialisation a prune is a smaller, freshly initialised "
-                 "CapsNet[C', 8]: see the PR slider above.",
+                 "CapsNet[C', 8]: see the collapse chapter's PR slider.",
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], {budget(runs_profile)}",
         seeds=min(n_t, n_c, n),
         control=f"{_labels(summary, 'rescue', 'control')}: no CHIP selection (a fresh, unpruned CapsNet[C', 8, 7] "
@@ -343,7 +345,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "Fashion-MNIST; the paper's accuracies themselves are CIFAR-10 and untestable here. "
                       "Differences of 0.2–1.5 points need their seed spread to mean anything."),
         details={"profiles": profs1},
-        title="Table 1's trends over PR, C and D", decided_in=("chip", "Table 1: configurations × pruning ratio"),
+        title="Table 1's trends over PR, C and D", decided_in=("chip", "Table 1: configurations × pruning ratio", "CHIP: Table 1"),
         untestable=_CIFAR))
 
     # --- 5. Table 5's limits --------------------------------------------------------------------------
@@ -392,7 +394,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "per (routing, depth). Fashion-MNIST is one of seed 002's datasets, so this is testable here."),
         details={"profiles": profs2},
         title="Seed 002: dead capsules grow with depth under EM, self- and VB routing",
-        decided_in=("routing", "Dynamic, EM, self- and VB routing at depth")))
+        decided_in=("routing", "Dynamic, EM, self- and VB routing at depth", "Routing: routings at depth")))
 
     # --- 7. Seed 004 ----------------------------------------------------------------------------------
     out.append(Verdict(
@@ -413,7 +415,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "DHCD itself is untestable here."),
         details={},
         title="Seed 004: kernel similarity measures redundancy",
-        decided_in=("kernels", "Kernel weight similarity (seed 004, §2.1)"),
+        decided_in=("kernels", "Kernel weight similarity (seed 004, §2.1)", "Kernels: weight similarity"),
         untestable="seed 004's dataset (DHCD)"))
 
     # --- H. The companion's mechanism: precision does not move the cliff, an init remedy does ---------
@@ -445,8 +447,8 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "trains one layer beyond the float32 limit (precision, not the map, sets the cliff) or if "
                       "the remedy collapses."),
         details={"float64_beyond_collapses": f64_dies, "remedy_trains": rem_trains},
-        title="(This companion's hypothesis H) The cliff is the init length map; an init chosen from it trains "
-              "deeper without pruning",
+        title="Hypothesis H (ours): the cliff is the init length map; an init chosen from it trains deeper, "
+              "unpruned",
         decided_in=_DECISIVE_RUNS))
     return out
 
