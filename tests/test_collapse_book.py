@@ -260,24 +260,44 @@ def _h_summary(f64_beyond_acc: float, remedy_acc: float) -> pd.DataFrame:
     return collapse_runs.run_summary(pd.DataFrame(rows), pts)
 
 
-@pytest.mark.parametrize("f64_beyond, remedy, expected", [
-    (0.10, 0.60, "reproduced"),       # float64 dies one layer beyond, the remedy trains
-    (0.55, 0.60, "not reproduced"),   # float64 trains beyond the float32 limit: precision sets the cliff
-    (0.10, 0.10, "not reproduced"),   # the remedy collapses
+def _write_arms(root, outcome_of):
+    """H's four arms in ``root/collapse_h/cpu.csv``, each seed at the accuracy of ``outcome_of(arm)``."""
+    from capslib.book.study_points import H_PREDICTIONS
+
+    acc = {"trains": 0.7, "chance": 0.099, "below 50 %": 0.3}
+    rows = [dict(status="ok", kind="train", stage="train", label=f"H: {arm}, C20 I=11", seed=seed, epochs_run=1,
+                 test_acc=acc[outcome_of(arm, predicted)]) for arm, predicted in H_PREDICTIONS.items()
+            for seed in range(3)]
+    (root / "collapse_h").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(root / "collapse_h" / "cpu.csv", index=False)
+
+
+@pytest.mark.parametrize("f64_beyond, remedy, arms, expected", [
+    (0.10, 0.60, "as predicted", "reproduced"),      # float64 dies one layer beyond, the remedy trains, arms agree
+    (0.55, 0.60, "as predicted", "not reproduced"),  # float64 trains beyond the float32 limit: precision sets it
+    (0.10, 0.10, "as predicted", "not reproduced"),  # the remedy collapses
+    (0.10, 0.60, "one missed", "not reproduced"),    # an arm misses its committed prediction
+    (0.10, 0.60, None, "inconclusive"),              # the arms have not run
 ])
-def test_hypothesis_h_verdict_follows_the_float64_and_remedy_points(tmp_path, f64_beyond, remedy, expected):
+def test_hypothesis_h_verdict_follows_float64_the_remedy_and_its_arms(tmp_path, f64_beyond, remedy, arms, expected):
+    if arms is not None:
+        first = "ConvCaps std 0.6 alone"
+        _write_arms(tmp_path, lambda arm, predicted: "chance" if arms == "one missed" and arm == first
+                    else predicted)
     v = verdicts_ch.verdicts("cpu", tmp_path, summary=_h_summary(f64_beyond, remedy),
                     limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     h = next(x for x in v if x.claim.startswith("(Hypothesis H"))
-    assert h.verdict == expected and h.seeds == 3
+    assert h.verdict == expected and h.seeds == (3 if arms else 0)
     assert "`C20 I=8 (L+1) float64`" in h.would_change
+    if arms == "one missed":
+        assert "ConvCaps std 0.6 alone: predicted trains, observed chance" in h.evidence
 
 
 @pytest.mark.parametrize("narrow_acc, backbone_acc, expected", [
     (0.1, 0.1, "reproduced"),  # both controls collapse: pruning (CCM + CHIP) is what rescues
     (0.7, 0.1, "explained by fewer capsule types C'"),
     (0.1, 0.6, "explained by the trained backbone"),
-    (0.7, 0.6, "explained by fewer capsule types C' (a larger per-layer length gain ≈ 9σ²D/C') and the trained "
+    (0.7, 0.6, "explained by fewer capsule types C' (a larger per-layer length gain ≈ 9σ²D/C') or the trained "
                "backbone"),
 ])
 def test_rescue_is_explained_by_each_control_that_trains(tmp_path, narrow_acc, backbone_acc, expected):

@@ -42,6 +42,8 @@ def test_a_run_that_breaks_the_rule_is_named():
                       dict(study="collapse", label="ok", seed=0, dtype="float64", update_max=0.0, test_acc=9.9,
                            at_chance=True)])
     r = rule_check(t)
-    assert list(r["refuting"]["label"]) == ["odd"]
+    assert r["refuting"].empty and list(r["not_sufficient"]["label"]) == ["odd"]
+    r = rule_check(t.assign(update_max=[1e-9, 0.0], at_chance=[False, True]))
+    assert list(r["refuting"]["label"]) == ["odd"] and r["not_sufficient"].empty
     fig = criterion_figure(t.assign(epochs=1))
     assert len(fig.axes[0].collections) >= 2  # one marker set per dtype

@@ -312,8 +312,8 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
     assert opening.index("**What it found**") < 600, "the findings are the README's first screen"
     text = re.sub(r"\s+", " ", opening)
     collapse, rescue, *others, h = committed
-    assert "is explained by a cliff in the capsule lengths at initialisation" in text
-    assert collapse.verdict.startswith("explained by the length cliff at initialisation")
+    assert "collapse of deep CapsNets is reproduced" in text and collapse.verdict == "reproduced"
+    assert "Its mechanism is a cliff in the capsule lengths at initialisation" in text and collapse.mechanism
     assert "in float64 too" in text and h.details["float64_beyond_collapses"] is True
     assert 'The pruning "rescue" does not need pruning' in text
     assert rescue.verdict.startswith("explained by fewer capsule types") and "trained backbone" in rescue.verdict
@@ -325,8 +325,9 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
     backbone = ctrl[ctrl["C"] == 20].iloc[0]
     assert "trained from scratch does at least as well" in text and narrow["test acc (%)"] >= test_acc
     assert "backbone trains too" in text and backbone["collapsed"].startswith("0/")
-    assert "trains well past the cliff without pruning" in text and h.verdict == "reproduced"
-    assert h.details["remedy_trains"] is True
+    assert "trains well past the cliff without pruning" in text and h.details["remedy_trains"] is True
+    assert "tested factor by factor" in text and "arms_as_predicted" in h.details
+    assert "whether CHIP's choice of channels matters is still untested" in text
     assert "Every other claim stays inconclusive here" in text
     assert all(v.verdict.startswith("inconclusive") for v in others)
     assert "notebooks/verdicts.ipynb" in text and "make book" in text and "make test" in text

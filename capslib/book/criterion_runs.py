@@ -50,6 +50,8 @@ def criterion_table(root: Optional[str | Path] = None, profile: str = "cpu") -> 
         if not path.is_file():
             continue
         rows = pd.read_csv(path)
+        if not {"status", "stage", "config_hash", "seed", "test_acc"} <= set(rows.columns):
+            continue
         rows = rows[(rows["status"] == "ok") & rows["stage"].isin(["train", "retrain"])]
         for _, r in rows.iterrows():
             signal, class_max, source = math.nan, math.nan, ""
@@ -68,17 +70,19 @@ def criterion_table(root: Optional[str | Path] = None, profile: str = "cpu") -> 
                             epochs=int(r.get("epochs_run", 1) or 1), test_acc=100 * acc,
                             at_chance=abs(acc - CHANCE) <= CHANCE_BAND, update_max=signal, class_max=class_max,
                             source=source, config_hash=r["config_hash"]))
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=["study", "label", "seed", "dtype", "epochs", "test_acc", "at_chance",
+                                      "update_max", "class_max", "source", "config_hash"])
 
 
 def rule_check(table: pd.DataFrame, threshold: float = THRESHOLD) -> dict:
-    """Whether ``update_max < threshold`` ⇔ the run sat at chance, over the runs with a signal: the counts,
-    and the rows that break it (each would refute the rule)."""
+    """How the runs with a signal bear on the rule, both ways: ``refuting`` are the runs below the threshold
+    that learned (each refutes "below ⇒ at chance"); ``not_sufficient`` those above it that sat at chance
+    anyway (each shows the threshold is necessary, not sufficient: another failure, e.g. saturation)."""
     t = table.dropna(subset=["update_max"])
-    predicted = t["update_max"] < threshold
-    wrong = t[predicted != t["at_chance"]]
-    return {"runs": len(t), "below": int(predicted.sum()), "at_chance": int(t["at_chance"].sum()),
-            "refuting": wrong[["study", "label", "seed", "dtype", "update_max", "test_acc"]],
+    below = t["update_max"] < threshold
+    cols = ["study", "label", "seed", "dtype", "update_max", "test_acc"]
+    return {"runs": len(t), "below": int(below.sum()), "at_chance": int(t["at_chance"].sum()),
+            "refuting": t[below & ~t["at_chance"]][cols], "not_sufficient": t[~below & t["at_chance"]][cols],
             "largest_dead": float(t.loc[t["at_chance"], "update_max"].max()) if t["at_chance"].any() else math.nan,
             "smallest_alive": float(t.loc[~t["at_chance"], "update_max"].min()) if (~t["at_chance"]).any()
             else math.nan}
@@ -120,3 +124,29 @@ def criterion_figure(table: pd.DataFrame, threshold: float = THRESHOLD, title: O
         if title:
             ax.set_title(title)
     return fig
+
+
+def rule_text(table: pd.DataFrame, threshold: float = THRESHOLD) -> str:
+    """The rule and how the committed runs bear on it, in Markdown: how many runs it classifies, the
+    largest step of a run that sat at chance against the smallest of a run that learned, and every run
+    that breaks it (each one refutes it)."""
+    r = rule_check(table, threshold)
+    if not r["runs"]:
+        return "*No decisive run has a screened or logged training signal yet.*"
+    def named(rows: pd.DataFrame) -> str:
+        return "; ".join(f"{x.label} seed {x.seed} ({x.dtype}): step {x.update_max:.2g}, {x.test_acc:.1f} %"
+                         for x in rows.itertuples())
+
+    text = (f"**Rule:** a run whose largest first Adam step at initialisation (relative to its weights' RMS, over "
+            f"every parameter group) is below **{threshold:g}** cannot learn: it sits at chance. Over the "
+            f"**{r['runs']}** committed runs with a signal, {r['below']} are below the threshold and "
+            f"{r['at_chance']} sat at chance; the smallest step of a run that learned is "
+            f"**{r['smallest_alive']:.2g}**. ")
+    text += (f"**Runs that refute it** (below the threshold, yet they learned): {named(r['refuting'])}. "
+             if len(r["refuting"]) else "No run below the threshold learned; one that did would refute the rule. ")
+    if len(r["not_sufficient"]):
+        text += (f"The threshold is necessary, not sufficient: these runs had a full-size step and still sat at "
+                 f"chance: {named(r['not_sufficient'])}.")
+    else:
+        text += "Every run above the threshold learned."
+    return text

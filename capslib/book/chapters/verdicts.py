@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
+from ..criterion_runs import criterion_table, rule_text
 from ..params import RUNS_PROFILE
+from ..study_points import arm_outcomes, outcomes_text, point_outcomes
 from .collapse import depth_limit_table, load_depth_limits
 
 
@@ -49,6 +51,12 @@ class Verdict:
     cause: str = ""
     decided_in: tuple[str, str, str] = ("", "", "")
     untestable: str = ""
+    #: How the effect comes about, on its own line (a mechanism is not another cause: it does not make a
+    #: verdict "explained by").
+    mechanism: str = ""
+    #: ``(what, text)`` lines that split a verdict: what the rows show, what they show is sufficient, what
+    #: is still untested.
+    breakdown: tuple[tuple[str, str], ...] = ()
 
     @property
     def badge(self) -> str:
@@ -91,7 +99,7 @@ def grade(*, supported: Optional[bool], n_seeds: int, control_seen: bool, scale:
 _RESCUE_CAUSE_NARROW = "fewer capsule types C' (a larger per-layer length gain ≈ 9σ²D/C')"
 _RESCUE_CAUSE_BACKBONE = "the trained backbone (the unpruned C = 20 net on it trains too)"
 _SHORT_CAUSE = {_RESCUE_CAUSE_NARROW: "fewer types C′", _RESCUE_CAUSE_BACKBONE: "the trained backbone"}
-_CLIFF_CAUSE = "the length cliff at initialisation (class lengths exactly 0, gradient exactly 0)"
+_PLATEAU_BUDGET = "plateau runs: at most 10 epochs, stopped after 3 without a better validation accuracy"
 
 #: Where the evidence of each kind of claim is shown: (chapter, section heading, short link text).
 _DECISIVE_RUNS = ("collapse", "The decisive runs", "Collapse: the decisive runs")
@@ -114,7 +122,11 @@ def budget(profile: str) -> str:
     cfg = PROFILES[profile]()
     n = f"{cfg.data.train_size:,}" if cfg.data.train_size else "all"
     epochs = "one epoch" if cfg.train.epochs == 1 else f"{cfg.train.epochs} epochs"
-    return f"profile {profile}: {n} training images, {epochs}"
+    steps = ""
+    if cfg.data.train_size:
+        per_epoch = -(-cfg.data.train_size // cfg.train.batch_size)
+        steps = f" ({per_epoch * cfg.train.epochs} Adam steps at batch {cfg.train.batch_size})"
+    return f"profile {profile}: {n} training images, {epochs}{steps}"
 
 
 def _collapse_pair(summary: pd.DataFrame) -> tuple[Optional[pd.Series], Optional[pd.Series]]:
@@ -125,6 +137,32 @@ def _collapse_pair(summary: pd.DataFrame) -> tuple[Optional[pd.Series], Optional
     below = ctrl.sort_values("I").iloc[-1] if len(ctrl) else None
     at = test.sort_values("I").iloc[0] if len(test) else None
     return below, at
+
+
+def _plateau_of(outcomes: pd.DataFrame, prefix) -> pd.DataFrame:
+    """The plateau points whose label (after "plateau: ") starts with ``prefix`` (a string or a tuple)."""
+    if outcomes.empty:
+        return outcomes
+    return outcomes[outcomes["label"].str.replace("plateau: ", "", regex=False).str.startswith(prefix)]
+
+
+def _acc_text(outcomes: pd.DataFrame, label_start: str) -> str:
+    hit = outcomes[outcomes["label"].str.startswith(label_start)] if not outcomes.empty else outcomes
+    if hit.empty:
+        return "no rows yet"
+    r = hit.iloc[0]
+    sd = "" if pd.isna(r["std"]) else f" ± {r['std']:.1f}"
+    return f"{r['mean']:.1f}{sd} %, {r['seeds']} seeds"
+
+
+def _paired_text(outcomes: pd.DataFrame, a: str, b: str) -> str:
+    """Seed-paired difference of two points' test accuracies (points by label start), mean ± std."""
+    ra = outcomes[outcomes["label"].str.startswith(a)] if not outcomes.empty else outcomes
+    rb = outcomes[outcomes["label"].str.startswith(b)] if not outcomes.empty else outcomes
+    if ra.empty or rb.empty or ra.iloc[0]["seeds"] != rb.iloc[0]["seeds"] or ra.iloc[0]["seeds"] < 2:
+        return "not computable yet"
+    d = pd.Series(ra.iloc[0]["accs"]) - pd.Series(rb.iloc[0]["accs"])
+    return f"{d.mean():+.1f} ± {d.std():.1f} points over {len(d)} seeds"
 
 
 def _frac(collapsed: str) -> Optional[float]:
@@ -238,14 +276,22 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
             f"float32: first exactly-zero class layer at I = {lim['first dead I']} over {lim['runs']} screens "
             f"({lim['seeds']} seeds), i.e. max trainable I = {lim['max trainable I']} "
             f"(paper: {lim['paper max I']})") if lim is not None else "no initialisation-screen row yet"
-    explained = _CLIFF_CAUSE if supported and lim is not None and lim["max trainable I"] == "6" else None
+    signal = criterion_table(root, runs_profile)
+    signal = signal[signal["study"] == "collapse"] if len(signal) else signal  # this claim's own runs
+    plateau = point_outcomes("collapse_plateau", runs_profile, root)
     out.append(Verdict(
         claim="CapsNet[C=20, D=8] collapses to chance at I ≥ 7 and trains at I = 6",
         source="paper 000, Table 2, Table 3 (PR 0), Fig. 2",
         paper="I = 6: 76.2 %; I = 7..10: 10 % (CIFAR-10)",
         verdict=grade(supported=supported, n_seeds=n, control_seen=i6 is not None and i6["seeds"] > 0,
-                      scale="full", explained_by=explained),
-        evidence=f"{_points_text(summary, 'collapse')}. Mechanism: {init} (`results/depth_limits/fmnist.csv`).",
+                      scale="full"),
+        evidence=(f"{_points_text(summary, 'collapse')} ({budget(runs_profile)}). "
+                  + outcomes_text(_plateau_of(plateau, "C20 I="), f"Beside them, {_PLATEAU_BUDGET}") + "."),
+        mechanism=(f"{rule_text(signal)} (the screens of the trained configs themselves, "
+                   f"`results/collapse/screen_{runs_profile}.csv`; float64 runs start with class lengths of "
+                   f"1e-28 and less, not 0, and collapse all the same, so it is Adam's step, not an exact zero, "
+                   f"that decides). With the authors' own settings the screen gives the same cliff: {init} "
+                   "(`results/depth_limits/fmnist.csv`)."),
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], {budget(runs_profile)}",
         seeds=n,
         control="CapsNet[20, 8, 6] with the same init and budget must train (else the collapse is not specific "
@@ -257,10 +303,11 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "reproduced if the limit's depth trains in any seed or the depth below it collapses. It is CIFAR-10 in the paper: a Fashion-MNIST "
                       "result tests the mechanism, not the paper's accuracies."),
         details={"supported": supported, "init": init},
-        title="Deep CapsNets collapse: CapsNet[20, 8] dies at I ≥ 7", cause="the init length cliff",
+        title="Deep CapsNets collapse: CapsNet[20, 8] dies at I ≥ 7",
         decided_in=_DECISIVE_RUNS, untestable=_CIFAR))
 
     # --- 2. PR 0.125-0.375 rescues I = 7 (Table 3) ----------------------------------------------------
+    one_epoch = point_outcomes("collapse", runs_profile, root)
     tests = summary[(summary["claim"] == "rescue") & (summary["role"] == "test")]
     ctrls = summary[(summary["claim"] == "rescue") & (summary["role"] == "control")]
     n_t = int(tests["seeds"].min()) if len(tests) else 0
@@ -281,10 +328,20 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         source="paper 000, Table 3, Figs. 4–5",
         paper="I = 7: 10 % unpruned, 79.3 / 79.6 / 79.2 % at PR 0.125 / 0.25 / 0.375 (CIFAR-10)",
         verdict=grade(supported=supported, n_seeds=min(n_t, n_c, n), control_seen=n_c > 0, scale="full",
-                      explained_by=(" and ".join(dict.fromkeys(causes)) + ", not by which channels CCM + CHIP "
-                                    "keep") if ctrl_trains else None),
-        evidence=_points_text(summary, "rescue") + ". At initialisation a prune is a smaller, freshly initialised "
-                 "CapsNet[C', 8]: see the collapse chapter's PR slider.",
+                      explained_by=" or ".join(dict.fromkeys(causes)) if ctrl_trains else None),
+        evidence=(_points_text(summary, "rescue") + f" ({budget(runs_profile)}). At initialisation a prune is a "
+                  "smaller, freshly initialised CapsNet[C', 8]: see the PR slider of the collapse chapter. "
+                  + outcomes_text(_plateau_of(plateau, ("C'", "CCM", "C20 pretrained", "PR ")),
+                                  f"Beside them, {_PLATEAU_BUDGET}") + "."),
+        breakdown=(
+            ("What the rows show", "the CCM + CHIP pruned C′ = 15 net trains at I = 7 "
+             f"({_acc_text(one_epoch, 'CCM+CHIP')}) where the unpruned C = 20 net from scratch sits at chance."),
+            ("What they show is sufficient", "fewer capsule types alone: C′ = 15 from scratch "
+             f"({_acc_text(one_epoch, 'C' + chr(39) + '=15')}); the trained backbone alone, unpruned "
+             f"({_acc_text(one_epoch, 'C20 pretrained')}). Removing channels is not needed: pruned − unpruned on "
+             f"the same backbone, paired by seed, {_paired_text(one_epoch, 'CCM+CHIP', 'C20 pretrained')}."),
+            ("What is untested", _selection_text(plateau)),
+        ),
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], {budget(runs_profile)}",
         seeds=min(n_t, n_c, n),
         control=f"{_labels(summary, 'rescue', 'control')}: no CHIP selection (a fresh, unpruned CapsNet[C', 8, 7] "
@@ -427,30 +484,53 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
     f64_dies = _frac(beyond["collapsed"]) == 1.0 if beyond is not None and beyond["seeds"] else None
     rem_fracs = [_frac(c) for c, k in zip(rem["collapsed"], rem["seeds"]) if k]
     rem_trains = all(f == 0.0 for f in rem_fracs) if len(rem) and len(rem_fracs) == len(rem) else None
-    supported = None if f64_dies is None or rem_trains is None else (f64_dies and rem_trains)
+    arms = arm_outcomes(runs_profile, root)
+    arms_ok = None if arms["as_predicted"].isna().any() else bool(arms["as_predicted"].all())
+    n_h = min(n_h, int(arms["seeds"].min()))
+    supported = None if f64_dies is None or rem_trains is None or arms_ok is None else (
+        f64_dies and rem_trains and arms_ok)
+    arms_txt = "; ".join(f"{a.arm}: predicted {a.predicted}, " + (f"observed {a.observed} ({a.accs} %)"
+                                                                  if a.seeds else "no rows yet")
+                         for a in arms.itertuples())
     out.append(Verdict(
         claim="(Hypothesis H, this companion's) The cliff is the capsule-length map at initialisation: float64 "
-              "moves it by at most one layer, and an init scale chosen from the map trains at ≥ 1.5× the limit "
-              "without pruning",
+              "moves it by at most one layer, an init scale chosen from the map trains at ≥ 1.5× the limit "
+              "without pruning, and each of its factors, alone, does what the map predicts",
         source="this companion's collapse study; the length map of the collapse chapter",
         paper="not a claim of the paper, which attributes the collapse to vanishing activations and offers "
               "pruning as the remedy",
         verdict=grade(supported=supported, n_seeds=min(n_h, n), control_seen=i7 is not None and i7["seeds"] > 0,
                       scale="full"),
-        evidence=_points_text(summary, "precision") + "; " + _points_text(summary, "remedy"),
+        evidence=(_points_text(summary, "precision") + "; " + _points_text(summary, "remedy")
+                  + f" ({budget(runs_profile)}). The arms, one factor each, predictions committed before they ran "
+                  f"(`results/collapse/predictions_h.md`; rows `results/collapse_h/{runs_profile}.csv`, same budget): "
+                  + arms_txt + ". " + outcomes_text(_plateau_of(plateau, "remedy"), f"Beside them, {_PLATEAU_BUDGET}")
+                  + "."),
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], {budget(runs_profile)}",
         seeds=min(n_h, n),
         control=f"The float32 points at the same depths ({_labels(summary, 'collapse', 'test')}): the float64 "
                 "runs differ from them only in precision, the remedy only in its init std.",
         would_change=(f"Decided by {store} rows of {_labels(summary, 'precision')} and "
-                      f"{_labels(summary, 'remedy')}, ≥ {MIN_SEEDS} seeds each: not reproduced if the float64 net "
-                      "trains one layer beyond the float32 limit (precision, not the map, sets the cliff) or if "
-                      "the remedy collapses."),
-        details={"float64_beyond_collapses": f64_dies, "remedy_trains": rem_trains},
+                      f"{_labels(summary, 'remedy')} and by the four arms, ≥ {MIN_SEEDS} seeds each: not reproduced "
+                      "if the float64 net trains one layer beyond the float32 limit (precision, not the map, sets "
+                      "the cliff), if the remedy collapses, or if any arm misses its committed prediction."),
+        details={"float64_beyond_collapses": f64_dies, "remedy_trains": rem_trains, "arms_as_predicted": arms_ok},
         title="Hypothesis H (ours): the cliff is the init length map; an init chosen from it trains deeper, "
               "unpruned",
         decided_in=_DECISIVE_RUNS))
     return out
+
+
+def _selection_text(plateau: pd.DataFrame) -> str:
+    """What the channel-selection controls show, or that they have not run."""
+    arms = _plateau_of(plateau, "PR ")
+    chip = _plateau_of(plateau, "CCM+CHIP")
+    if arms.empty or chip.empty:
+        return ("whether it matters which channels CCM + CHIP keep: no arm selects channels another way yet "
+                "(random channels, the highest-CI channels removed, CHIP without CCM, at the same per-layer "
+                "counts: `results/collapse_plateau/`, running).")
+    return ("which channels are kept, at the same per-layer counts on the plateaued backbone: "
+            + outcomes_text(pd.concat([chip, arms]), "CHIP and its controls") + ".")
 
 
 def verdict_table(vs: Sequence[Verdict]) -> pd.DataFrame:
@@ -470,6 +550,8 @@ def verdict_markdown(v: Verdict, number: int) -> str:
         f"Verdict: **{v.verdict}**", "",
         f"* **The claim's numbers:** {v.paper}.",
         f"* **Evidence:** {v.evidence}",
+        *([f"* **Mechanism:** {v.mechanism}"] if v.mechanism else []),
+        *(f"* **{what}:** {text}" for what, text in v.breakdown),
         f"* **Scale and seeds:** {v.scale}; {seeds} (the fewest over the points it rests on; a verdict other "
         f"than inconclusive needs ≥ {MIN_SEEDS} and its control).",
         f"* **Control that could refute it:** {v.control}",
