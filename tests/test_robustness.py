@@ -454,3 +454,18 @@ def test_a_planted_cifar10_pickle_is_refused_unopened(tmp_path, monkeypatch):
                                                       r"checksum.*pickle"):
         load_raw("cifar10", train=True, root=tmp_path / "data", download=False)
     assert not marker.exists()
+
+
+def test_a_key_that_looks_like_a_float_with_a_huge_exponent_reads_back(tmp_path):
+    """pandas' C parser segfaults on ``72e3503140282a14`` read as a number; the store reads keys as text.
+    In a subprocess, so that a crash fails this test instead of killing the test run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from capslib.experiments.results import ResultsStore; "
+            "s = ResultsStore(sys.argv[1]); "
+            "s.append({'run_key': '72e3503140282a14', 'status': 'ok', 'config_hash': '1e3503140282', 'seed': 0}); "
+            "df = s.read(); print(df['run_key'][0], df['config_hash'][0])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "rows.csv")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.split() == ["72e3503140282a14", "1e3503140282"]

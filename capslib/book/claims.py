@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from ..experiments.results import read_store_csv
 from .chapters.verdicts import Verdict, claim_anchor
 from .collapse_runs import DATASET_LABELS, _collapsed, results_root, summary_view
 
@@ -127,7 +128,7 @@ def _pct(x: float) -> str:
 
 def _read_store(root: Path, rel: str) -> pd.DataFrame:
     path = root / rel
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    return read_store_csv(path) if path.is_file() else pd.DataFrame()
 
 
 def _float64_negative(raw: pd.DataFrame, limits: pd.DataFrame, store: str) -> Optional[Negative]:
@@ -276,7 +277,7 @@ def evidence_cost(root: Optional[str | Path] = None, runs_profile: str = "cpu") 
     for path in sorted(root.rglob("*.csv")):
         if path.name.endswith("_report.csv"):
             continue
-        df = pd.read_csv(path)
+        df = read_store_csv(path)
         col = next((c for c in ("wall_time", "wall_s") if c in df), None)
         if col is None or df.empty:
             continue

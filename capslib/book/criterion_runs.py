@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..experiments.results import read_store_csv
 from .collapse_runs import CHANCE, CHANCE_BAND, _rc, results_root
 from .plots import FONT, PAGE_WIDTH_IN, book_figsize, legend_outside
 
@@ -41,7 +42,7 @@ def criterion_table(root: Optional[str | Path] = None, profile: str = "cpu") -> 
     and where the signal came from ("screen" or "fit log")."""
     root = results_root(root)
     screen_path = root / "collapse" / f"screen_{profile}.csv"
-    screen = pd.read_csv(screen_path) if screen_path.is_file() else pd.DataFrame(columns=["config_hash"])
+    screen = read_store_csv(screen_path) if screen_path.is_file() else pd.DataFrame(columns=["config_hash"])
     first = screen[screen.get("batch", pd.Series(dtype=int)) == 0].drop_duplicates("config_hash")
     by_hash = first.set_index("config_hash") if len(first) else first
     out = []
@@ -49,7 +50,7 @@ def criterion_table(root: Optional[str | Path] = None, profile: str = "cpu") -> 
         path = root / (study if study != "collapse" else "collapse") / f"{profile}.csv"
         if not path.is_file():
             continue
-        rows = pd.read_csv(path)
+        rows = read_store_csv(path)
         if not {"status", "stage", "config_hash", "seed", "test_acc"} <= set(rows.columns):
             continue
         rows = rows[(rows["status"] == "ok") & rows["stage"].isin(["train", "retrain"])]

@@ -13,6 +13,7 @@ from typing import Optional
 
 import pandas as pd
 
+from ..experiments.results import read_store_csv
 from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, results_root
 
 #: The outcome predicted for each arm of hypothesis H, as committed in results/collapse/predictions_h.md
@@ -30,7 +31,7 @@ def point_outcomes(experiment: str, profile: str = "cpu", root: Optional[str | P
     cols = ["label", "seeds", "accs", "mean", "std", "at_chance", "epochs"]
     if not path.is_file():
         return pd.DataFrame(columns=cols)
-    df = pd.read_csv(path)
+    df = read_store_csv(path)
     if not {"status", "kind", "stage", "label", "seed", "test_acc"} <= set(df.columns):  # not a grid's store
         return pd.DataFrame(columns=cols)
     df = df[(df["status"] == "ok") & (((df["kind"] == "train") & (df["stage"] == "train"))

@@ -39,7 +39,7 @@ from ..engine.config import RunConfig
 from ..engine.provenance import capslib_version
 
 __all__ = ["run_key", "run_row", "failed_row", "ResultsStore", "default_results_dir", "parse_value", "parse_row",
-           "row_problem", "scan_store_text", "StoreDamageWarning", "StoreDamagedError"]
+           "read_store_csv", "row_problem", "scan_store_text", "StoreDamageWarning", "StoreDamagedError"]
 
 #: Columns that identify a row and say where it came from; metric columns follow.
 LEAD_COLUMNS = ["run_key", "experiment", "stage", "status", "config_hash", "profile", "seed"]
@@ -385,7 +385,7 @@ class ResultsStore:
         writer.writeheader()
         writer.writerows(found.rows)
         buf.seek(0)
-        return pd.read_csv(buf)
+        return read_store_csv(buf)
 
     def done_keys(self, column: str = "run_key") -> set[str]:
         """Values of ``column`` over the valid successful rows: what a resumed sweep skips."""
@@ -403,8 +403,17 @@ class ResultsStore:
 #: Columns whose text is JSON (decoded by parse_row), and columns that stay text even when they look
 #: like numbers (a hex hash made only of digits, a version string).
 JSON_COLUMNS = ("dead_000", "dead_002", "history")
-TEXT_COLUMNS = ("run_key", "point_key", "config_hash", "git_sha", "capslib_version", "torch_version",
-                "cuda_version", "label")
+TEXT_COLUMNS = ("run_key", "point_key", "stage_key", "config_hash", "git_sha", "capslib_version", "torch_version",
+                "cuda_version", "cpu_isa", "onednn_isa", "kernel_march", "label")
+
+
+def read_store_csv(source: Any) -> pd.DataFrame:
+    """``pd.read_csv`` of a results store (a path or a text buffer) with :data:`TEXT_COLUMNS` read as text.
+
+    Not only for types: pandas' C parser (2.3) crashes the process with a segmentation fault on a field such
+    as the hex key ``72e3503140282a14``, which it tries to read as a float with a ten-digit exponent. Read
+    as text, a key is never parsed as a number."""
+    return pd.read_csv(source, dtype={c: str for c in TEXT_COLUMNS})
 
 
 def parse_value(text: str) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ...experiments.results import read_store_csv
 from ..collapse_runs import DATASET_LABELS, _ranges, _rc, results_root
 from ..plots import FONT, PAGE_WIDTH_IN, book_figsize, legend_outside, wrap_title
 from ..runner import cpu_threads
@@ -35,7 +36,7 @@ def load_depth_limits(root: Optional[str | Path] = None) -> pd.DataFrame:
     path = results_root(root) / "depth_limits" / "fmnist.csv"
     if not path.is_file():
         return pd.DataFrame()
-    return pd.read_csv(path)
+    return read_store_csv(path)
 
 
 def paper_max_value(text: Any) -> tuple[Optional[float], str]:

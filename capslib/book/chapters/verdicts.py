@@ -14,6 +14,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ...experiments.results import read_store_csv
 from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
 from ..criterion_runs import criterion_table, rule_text
 from ..params import RUNS_PROFILE
@@ -213,7 +214,7 @@ def _store_scale(root: Path, table: str) -> tuple[str, list[str], int]:
     for prof in ("paper", "fmnist", "smoke"):
         p = root / table / f"{prof}.csv"
         if p.is_file():
-            df = pd.read_csv(p)
+            df = read_store_csv(p)
             if len(df):
                 found.append(prof)
                 if "seed" in df:
@@ -227,7 +228,7 @@ def _seed002_smoke_text(root: Path) -> str:
     p = root / "seed002_depth" / "smoke.csv"
     if not p.is_file():
         return "no rows"
-    df = pd.read_csv(p)
+    df = read_store_csv(p)
     if "timestamp" in df:  # the store keeps every library version's rows: the newest run of each seed counts
         df = df.sort_values("timestamp", kind="stable")
     df = df.drop_duplicates(["routing", "depth", "seed"], keep="last")
