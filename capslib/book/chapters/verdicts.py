@@ -354,7 +354,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "scratch, or the trained backbone kept whole); not reproduced if the pruned models collapse."),
         details={"rescued": rescued, "control_trains": ctrl_trains},
         title="Pruning rescues the collapsed CapsNet[20, 8, 7]",
-        cause=" and ".join(_SHORT_CAUSE[c] for c in dict.fromkeys(causes)),
+        cause=" or ".join(_SHORT_CAUSE[c] for c in dict.fromkeys(causes)),
         decided_in=_DECISIVE_RUNS, untestable=_CIFAR))
 
     # --- 3. Higher PR allows more depth (Fig. 6) ------------------------------------------------------
