@@ -529,7 +529,9 @@ def _selection_text(plateau: pd.DataFrame) -> str:
     if arms.empty or chip.empty:
         return ("whether it matters which channels CCM + CHIP keep: no arm selects channels another way yet "
                 "(random channels, the highest-CI channels removed, CHIP without CCM, at the same per-layer "
-                "counts: `results/collapse_plateau/`, running).")
+                "counts: `results/collapse_plateau/`, running); and §3.5's extra stage, which retrains the pruned "
+                "net without IntermediateCaps before moving its backbone into the deep net (the collapse chapter "
+                "says where the pipeline differs from §3.5).")
     return ("which channels are kept, at the same per-layer counts on the plateaued backbone: "
             + outcomes_text(pd.concat([chip, arms]), "CHIP and its controls") + ".")
 
