@@ -47,3 +47,26 @@ def test_a_run_that_breaks_the_rule_is_named():
     assert list(r["refuting"]["label"]) == ["odd"] and r["not_sufficient"].empty
     fig = criterion_figure(t.assign(epochs=1))
     assert len(fig.axes[0].collections) >= 2  # one marker set per dtype
+
+
+def test_rebuilt_nets_show_both_batchnorm_modes_beside_the_committed_base(tmp_path):
+    from capslib.book.criterion_runs import rebuilt_table, rebuilt_text, rebuilt_view
+
+    train = {"primary": 0.4, "inter1": 0.3, "inter4": 0.2, "inter7": 0.06, "class_max": 0.97}
+    ev = {"primary": 0.05, "inter1": 3e-3, "inter4": 1e-23, "inter7": 0.0, "class_max": 0.0}
+    screen = [dict(label="pruned", seed=s, batch=b, lengths=json.dumps(train), eval_lengths=json.dumps(ev),
+                   **{"update_max.all": 0.06 + s / 100}, base_test_acc=0.35) for s in range(3) for b in range(2)]
+    rows = [dict(status="ok", stage="base", label="pruned", seed=s, test_acc=0.30 + s / 100) for s in range(3)]
+    _write(tmp_path, rows, [])
+    pd.DataFrame(screen).to_csv(tmp_path / "collapse" / "screen_rebuilt_cpu.csv", index=False)
+    t = rebuilt_table(tmp_path)
+    assert len(t) == 6 and set(t["mode"]) == {"train", "eval"}  # batch 0 only, two modes per seed
+    assert t[t["mode"] == "eval"]["update_max"].isna().all()
+    assert list(t[t["mode"] == "train"]["base_committed"]) == [30.0, 31.0, 32.0]
+    v = rebuilt_view(t)
+    assert v.loc[("pruned", "eval"), "inter7"] == "0" and v.loc[("pruned", "train"), "primary"] == "0.4"
+    assert v.loc[("pruned", "train"), "largest first Adam step (min over seeds)"] == "0.06"
+    text = rebuilt_text(t)
+    assert "PrimaryCaps 0.4 in training mode against 0.05 in eval mode (× 0.12)" in text and "up to 5.0 points" in text
+    assert "full-size (at least 0.06)" in text
+    assert "not been screened" in rebuilt_text(rebuilt_table(tmp_path / "nowhere"))

@@ -289,3 +289,57 @@ def test_channel_selection_controls_keep_the_counts_and_change_the_channels(firs
 def test_unknown_selection_is_refused(data):
     with pytest.raises(ValueError, match="selection must be one of"):
         prune_pipeline(tiny(), 0.25, data=data, progress=False, selection="best", **CI)
+
+
+def _stage_model(res, stage):
+    d = stage_dir(res, stage)
+    return load_model((d / "config.json").read_text(), d / "best.pt")
+
+
+def test_rebuilt_for_retraining_is_what_the_retrain_stage_starts_from(first_run, data, ckpt, monkeypatch):
+    """Stages 1-4 alone give the pruned stage's model and the retrain stage's config, resumed from the same
+    checkpoints (nothing trains again)."""
+    import torch
+
+    res, _ = first_run
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("a finished stage was trained again"))
+    cfg, model, records = pipeline.rebuilt_for_retraining(tiny(), 0.25, data=data, checkpoint_dir=ckpt,
+                                                          store=ckpt / "rows-rebuilt.csv", progress=False, **CI)
+    assert [r.stage for r in records] == ["base", "ccm", "pruned"]
+    assert cfg.config_hash() == res.stages["retrain"].config.config_hash()
+    saved = _stage_model(res, "pruned").state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    with pytest.raises(TypeError, match="unknown pipeline arguments"):
+        pipeline.rebuilt_for_retraining(tiny(), 0.25, data=data, progress=False, epochs=3)
+
+
+def test_pruned_backbone_keeps_stale_batchnorm_statistics(first_run, data):
+    """Why a rebuilt pruned net can look dead to the probe and still train (issue 19, item 5): rebuild copies
+    the kept channels' BatchNorm running statistics, measured while every input channel was present. Without
+    the pruned channels of the layer below, the next conv's output varies less than those statistics say, so
+    eval mode (running statistics) shrinks the PrimaryCaps input further than it does for the unpruned
+    model, while training mode (batch statistics) renormalises it."""
+    import torch
+
+    res, _ = first_run
+    x, _ = next(iter(data.batches("train", 64, shuffle=False)))
+    ccm, pruned = _stage_model(res, "ccm"), _stage_model(res, "pruned")
+    kept = torch.tensor(res.plan.layers[1].kept)
+    assert torch.equal(pruned.backbone[1].bn.running_var, ccm.backbone[1].bn.running_var[kept])  # copied
+
+    def conv2_var(model):  # variance of the second conv's output per channel, before its BatchNorm
+        with torch.no_grad():
+            return torch.nn.Sequential(model.backbone[0], model.backbone[1].conv).eval()(x).var(dim=(0, 2, 3))
+
+    assert float((conv2_var(pruned) / conv2_var(ccm)[kept]).mean()) < 0.9  # its input lost channels
+
+    def eval_over_train(model):  # mean PrimaryCaps length in eval mode over that in training mode
+        lengths = []
+        for mode in ("eval", "train"):
+            getattr(model, mode)()
+            with torch.no_grad():
+                lengths.append(float(model(x).capsules["primary"].norm(dim=-1).mean()))
+        return lengths[0] / lengths[1]
+
+    assert eval_over_train(pruned) < 0.9 * eval_over_train(ccm)

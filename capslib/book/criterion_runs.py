@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, _rc, results_root
+from .collapse_runs import CHANCE, CHANCE_BAND, _rc, final_rows, results_root
 from .plots import FONT, PAGE_WIDTH_IN, book_figsize, legend_outside
 
 #: The rule committed with hypothesis H's predictions (results/collapse/predictions_h.md): a run whose largest
@@ -47,13 +47,13 @@ def criterion_table(root: Optional[str | Path] = None, profile: str = "cpu") -> 
     by_hash = first.set_index("config_hash") if len(first) else first
     out = []
     for study in STUDIES:
-        path = root / (study if study != "collapse" else "collapse") / f"{profile}.csv"
+        path = root / study / f"{profile}.csv"
         if not path.is_file():
             continue
         rows = read_store_csv(path)
         if not {"status", "stage", "config_hash", "seed", "test_acc"} <= set(rows.columns):
             continue
-        rows = rows[(rows["status"] == "ok") & rows["stage"].isin(["train", "retrain"])]
+        rows = final_rows(rows)
         for _, r in rows.iterrows():
             signal, class_max, source = math.nan, math.nan, ""
             if r["stage"] == "train" and r["config_hash"] in by_hash.index:
@@ -151,3 +151,79 @@ def rule_text(table: pd.DataFrame, threshold: float = THRESHOLD) -> str:
     else:
         text += "Every run above the threshold learned."
     return text
+
+
+# ----------------------------------------------------------------------------- the rebuilt nets
+
+#: Layers the rebuilt-net table shows (mean capsule length), in forward order.
+REBUILT_LAYERS = ("primary", "inter1", "inter4", "inter7", "class_max")
+
+
+def rebuilt_table(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
+    """The rebuilt nets of the ``collapse`` experiment's prune points at the start of retraining
+    (``results/collapse/screen_rebuilt_<profile>.csv``, batch 0 of each seed): per point, seed and BatchNorm
+    mode, the mean capsule length of :data:`REBUILT_LAYERS` (``class_max``: the longest class capsule), the
+    largest first Adam step (training mode only: that is the step retraining takes), and the base stage's
+    test accuracy in the rerun that produced the net beside the committed run's (``base_rerun`` /
+    ``base_committed``, %)."""
+    root = results_root(root)
+    path = root / "collapse" / f"screen_rebuilt_{profile}.csv"
+    cols = ["label", "seed", "mode", *REBUILT_LAYERS, "update_max", "base_rerun", "base_committed"]
+    if not path.is_file():
+        return pd.DataFrame(columns=cols)
+    screen = read_store_csv(path)
+    screen = screen[screen["batch"] == 0]
+    runs_path = root / "collapse" / f"{profile}.csv"
+    runs = read_store_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=["stage", "label", "seed"])
+    base = {(r.label, int(r.seed)): 100 * float(r.test_acc) for r in runs[runs["stage"] == "base"].itertuples()}
+    out = []
+    for r in screen.to_dict(orient="records"):
+        for mode, column in (("train", "lengths"), ("eval", "eval_lengths")):
+            lengths = json.loads(r[column])
+            out.append(dict(label=r["label"], seed=int(r["seed"]), mode=mode,
+                            **{k: float(lengths.get(k, math.nan)) for k in REBUILT_LAYERS},
+                            update_max=float(r["update_max.all"]) if mode == "train" else math.nan,
+                            base_rerun=100 * float(r["base_test_acc"]),
+                            base_committed=base.get((r["label"], int(r["seed"])), math.nan)))
+    return pd.DataFrame(out, columns=cols)
+
+
+def rebuilt_view(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`rebuilt_table` for the page: one row per point and BatchNorm mode, each length as its median
+    over seeds (two significant digits, exact zeros as 0), the step as its smallest over seeds."""
+    if table.empty:
+        return table
+    g = table.groupby(["label", "mode"], sort=False)
+    view = g[list(REBUILT_LAYERS)].median().map(lambda v: "0" if v == 0 else f"{v:.2g}")
+    view["largest first Adam step (min over seeds)"] = g["update_max"].min().map(
+        lambda v: "–" if math.isnan(v) else f"{v:.2g}")
+    view["seeds"] = g["seed"].nunique()
+    return view.rename(columns={"class_max": "class (max)"})
+
+
+def rebuilt_text(table: pd.DataFrame) -> str:
+    """What the rebuilt-net screen shows, from its rows: the pruned and unpruned nets' PrimaryCaps and
+    deepest ConvCaps lengths in training mode (what retraining starts from) and in eval mode (what the
+    pruned stage's evaluation and dead-capsule probe saw), and how closely the rerun reproduced the
+    committed base stage."""
+    if table.empty:
+        return "*The rebuilt nets have not been screened yet (`results/collapse/screen_rebuilt_cpu.csv`).*"
+    med = table.groupby(["label", "mode"], sort=False)[["primary", "inter7", "class_max"]].median()
+    train = table[table["mode"] == "train"]
+    parts = []
+    for label in table["label"].unique():
+        tr, ev = med.loc[(label, "train")], med.loc[(label, "eval")]
+        parts.append(f"*{label}*: PrimaryCaps {tr['primary']:.2g} in training mode against {ev['primary']:.2g} "
+                     f"in eval mode (× {ev['primary'] / tr['primary']:.2g}), the deepest ConvCaps "
+                     f"{tr['inter7']:.2g} against {ev['inter7']:.2g}")
+    text = "Median over seeds, batch 0 of each retraining stage: " + "; ".join(parts) + ". "
+    low = train[train["update_max"] < THRESHOLD]
+    text += ("Every rebuilt net's first Adam step in training mode is full-size (at least "
+             f"{train['update_max'].min():.2g}). " if low.empty else
+             "In training mode the first Adam step is full-size except in " + "; ".join(
+                 f"{r.label} seed {r.seed} (step {r.update_max:.2g}: by the rule this rerun cannot learn)"
+                 for r in low.itertuples()) + ". ")
+    diff = (train["base_rerun"] - train["base_committed"]).abs()
+    return (text + f"The rerun of stages 1–4 that produced these nets is not bit-identical to the committed runs "
+            f"(its base stage's test accuracy differs from the committed one by up to {diff.max():.1f} points), so "
+            "these are the same pipeline's nets, not the very weights the committed runs retrained.")

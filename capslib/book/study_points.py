@@ -14,7 +14,7 @@ from typing import Optional
 import pandas as pd
 
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, results_root
+from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, final_rows, results_root
 
 #: The outcome predicted for each arm of hypothesis H, as committed in results/collapse/predictions_h.md
 #: (commit 5fe609e, before any collapse_h row existed): "trains" (≥ 50 % test accuracy after one epoch in every
@@ -34,8 +34,7 @@ def point_outcomes(experiment: str, profile: str = "cpu", root: Optional[str | P
     df = read_store_csv(path)
     if not {"status", "kind", "stage", "label", "seed", "test_acc"} <= set(df.columns):  # not a grid's store
         return pd.DataFrame(columns=cols)
-    df = df[(df["status"] == "ok") & (((df["kind"] == "train") & (df["stage"] == "train"))
-                                      | ((df["kind"] == "prune") & (df["stage"] == "retrain")))]
+    df = final_rows(df)
     out = []
     for label, g in df.groupby("label", sort=False):
         g = g.drop_duplicates("seed", keep="last").sort_values("seed")

@@ -17,14 +17,17 @@ appended atomically as it finishes. Seconds per config in float32, a few times t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 import torch
+from torch import nn
 
 from ..engine.config import RunConfig, apply_overrides
 from ..engine.criterion import gradient_signal, length_signal
@@ -36,7 +39,7 @@ from .grids import get_experiment
 from .init_study import build_model
 from .results import ResultsStore, _timestamp
 
-__all__ = ["screen_config", "screen_experiment", "summary_columns"]
+__all__ = ["screen_config", "screen_model", "screen_experiment", "screen_rebuilt", "retrain_rebuilt", "summary_columns"]
 
 
 def summary_columns(groups: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -59,24 +62,40 @@ def screen_config(cfg: RunConfig, batches: int = 3, data: Optional[DataSplits] =
                   label: str = "") -> list[dict[str, Any]]:
     """Rows of the training signal of ``cfg``'s model at initialisation on the first ``batches`` training
     batches its run sees (see the module docstring)."""
+    # torch.manual_seed(seed); CapsNet(cfg.model), as fit builds it
+    return screen_model(lambda: build_model(cfg.model, cfg.train.seed, cfg.train.dtype), cfg, batches, data, label)
+
+
+def screen_model(make_model: Callable[[], nn.Module], cfg: RunConfig, batches: int = 3,
+                 data: Optional[DataSplits] = None, label: str = "", eval_lengths: bool = False) -> list[dict[str, Any]]:
+    """Rows of the training signal of the model ``make_model()`` returns (a fresh one per batch, so that no
+    gradient accumulates), in training mode, on the first ``batches`` training batches a run of ``cfg``
+    sees: same split, batch size and shuffle. With ``eval_lengths``, also the capsule lengths of the same
+    batch in eval mode (``eval_lengths``, ``eval_class_max``): BatchNorm then normalises with its running
+    statistics instead of the batch's, as every evaluation and dead-capsule probe does."""
     tc = cfg.train
     data = data if data is not None else load_splits(cfg.data)
     it = data.batches("train", tc.batch_size, shuffle=True, seed=tc.seed, epoch=0)
     rows = []
     for b, (x, y) in zip(range(batches), it):
         t0 = time.perf_counter()
-        model = build_model(cfg.model, tc.seed, tc.dtype)  # torch.manual_seed(seed); CapsNet(cfg.model), as fit
+        model = make_model().train()
         out = model(x)
         loss = margin_loss(routing_dtype(out.lengths), y)
         loss.backward()
         groups = gradient_signal(model, tc.lr)
         lengths = length_signal(out)
+        extra = {}
+        if eval_lengths:
+            with torch.no_grad():
+                ev = length_signal(model.eval()(x))
+            extra = {"eval_class_max": ev["class_max"], "eval_lengths": json.dumps(ev)}
         rows.append({"label": label, "config_hash": cfg.config_hash(), "seed": tc.seed, "dtype": tc.dtype,
                      "batch": b, "C": cfg.model.C, "D": cfg.model.D, "I": cfg.model.I,
                      "init_std": cfg.model.init_std, "class_std": cfg.model.class_std, "loss": float(loss.detach()),
                      "class_mean": lengths["class"], "class_max": lengths["class_max"],
                      **summary_columns(groups), "groups": json.dumps(groups), "lengths": json.dumps(lengths),
-                     "seconds": round(time.perf_counter() - t0, 3)})
+                     **extra, "seconds": round(time.perf_counter() - t0, 3)})
     return rows
 
 
@@ -107,7 +126,8 @@ def screen_experiment(experiment: str, profile: str, seeds: int = 3, batches: in
             continue
         done.add(cfg.config_hash())
         key = json.dumps(cfg.data.to_dict(), sort_keys=True)
-        data.setdefault(key, load_splits(cfg.data))
+        if key not in data:
+            data[key] = load_splits(cfg.data)
         new = [{"run_key": f"{cfg.config_hash()}-{r['batch']}", "experiment": experiment, "stage": "screen",
                 "status": "ok", "profile": profile, **r, **prov, "timestamp": _timestamp()}
                for r in screen_config(cfg, batches, data[key], label)]
@@ -122,6 +142,81 @@ def screen_experiment(experiment: str, profile: str, seeds: int = 3, batches: in
     return pd.DataFrame(rows) if store is None else store.read()
 
 
+def screen_rebuilt(experiment: str, profile: str, seeds: int = 3, batches: int = 3, out: Optional[Path] = None,
+                   checkpoints: Optional[Path] = None, progress: bool = True) -> pd.DataFrame:
+    """Screen what every "prune" point of an experiment retrains: the rebuilt model of its pipeline (stages
+    1-4 of :func:`capslib.experiments.pipeline.prune_pipeline`, run with the point's own arguments, or
+    resumed from ``checkpoints``) on the first ``batches`` batches of its retraining stage. Each row also
+    carries the test accuracy of the base, CCM and pruned stages it reproduced (``<stage>_test_acc``), to be
+    checked against the experiment's committed stage rows, and the lengths of the same batches in eval mode
+    (what the pruned stage's evaluation and probe see). With ``out``, resume from and append to that CSV."""
+    from .pipeline import rebuilt_for_retraining
+
+    store = ResultsStore(out) if out is not None else None
+    done = set() if store is None else {r["run_key"].rsplit("-", 1)[0] for r in store.rows()}
+    data: dict[Any, DataSplits] = {}
+    rows: list[dict[str, Any]] = []
+    prov = provenance(torch.device("cpu"))
+    for point in get_experiment(experiment).grid(profile):
+        if point.kind != "prune":
+            continue
+        for seed in range(seeds):
+            cfg = point.config(profile, seed)
+            tag = f"{cfg.config_hash()}-pr{point.pr:g}-I{point.I_after}-{point.selection}"
+            if tag in done:
+                continue
+            key = json.dumps(cfg.data.to_dict(), sort_keys=True)
+            if key not in data:
+                data[key] = load_splits(cfg.data)
+            with tempfile.TemporaryDirectory() as tmp:  # the stage rows are not the experiment's rows
+                retrain_cfg, model, records = rebuilt_for_retraining(
+                    cfg, point.pr, I=point.I_after, selection=point.selection, checkpoint_dir=checkpoints,
+                    store=Path(tmp) / "rows.csv", experiment=experiment, data=data[key], progress=progress)
+            stages = {f"{r.stage}_test_acc": r.test_acc for r in records}
+            dtype = retrain_cfg.train.torch_dtype
+            new = [{"run_key": f"{tag}-{r['batch']}", "experiment": experiment, "stage": "screen_rebuilt",
+                    "status": "ok", "profile": profile, **r, "pr": point.pr, "I_after": point.I_after,
+                    "selection": point.selection, **stages, **prov, "timestamp": _timestamp()}
+                   for r in screen_model(lambda: copy.deepcopy(model).to(dtype=dtype), retrain_cfg, batches,
+                                         data[key], point.label, eval_lengths=True)]
+            if progress:
+                r = new[0]
+                print(f"{point.label} seed {seed}: lengths {r['lengths']}, max Adam step/|W| "
+                      f"all {r['update_max.all']:.2e}", flush=True)
+            if store is not None:
+                store.append_many(new)
+            rows += new
+    return pd.DataFrame(rows) if store is None else store.read()
+
+
+def retrain_rebuilt(experiment: str, profile: str, seeds: int, checkpoints: Path, out: Path,
+                    progress: bool = True) -> pd.DataFrame:
+    """Finish the pipelines :func:`screen_rebuilt` screened: resume stages 1-4 of every "prune" point and seed
+    from ``checkpoints`` and run stage 5 (retraining), with its rows in ``out`` (not the experiment's store),
+    so that each screened net's outcome is known. A pipeline whose retrain row is in ``out`` is skipped."""
+    from .pipeline import prune_pipeline
+
+    store = ResultsStore(out)
+    done = {(r["label"], int(r["seed"])) for r in store.rows() if r.get("stage") == "retrain"}
+    data: dict[Any, DataSplits] = {}
+    for point in get_experiment(experiment).grid(profile):
+        if point.kind != "prune":
+            continue
+        for seed in range(seeds):
+            if (point.label, seed) in done:
+                continue
+            cfg = point.config(profile, seed)
+            key = json.dumps(cfg.data.to_dict(), sort_keys=True)
+            if key not in data:
+                data[key] = load_splits(cfg.data)
+            with tempfile.TemporaryDirectory() as tmp:  # stage rows go to ``out``, each tagged with its point
+                res = prune_pipeline(cfg, point.pr, I=point.I_after, selection=point.selection,
+                                     checkpoint_dir=checkpoints, store=Path(tmp) / "rows.csv",
+                                     experiment=f"{experiment}_rerun", data=data[key], progress=progress)
+            store.append_many([{**r.row, "label": point.label} for r in res.stages.values()])
+    return store.read()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m capslib.experiments.criterion_screen",
                                  description="Screen the training signal of every from-scratch point of an "
@@ -132,9 +227,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--rebuilt", action="store_true",
+                    help="screen the rebuilt models the experiment's prune points retrain (screen_rebuilt)")
+    ap.add_argument("--checkpoints", type=Path, default=None,
+                    help="with --rebuilt: pipeline stage folders (finished stages are reused)")
+    ap.add_argument("--retrain-out", type=Path, default=None,
+                    help="with --rebuilt and --checkpoints: then retrain every screened net (retrain_rebuilt), "
+                         "its stage rows in this CSV")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    df = screen_experiment(args.experiment, args.profile, args.seeds, args.batches, args.dtypes, args.out)
+    if args.retrain_out is not None and not (args.rebuilt and args.checkpoints):
+        ap.error("--retrain-out needs --rebuilt and --checkpoints")
+    if args.rebuilt:
+        df = screen_rebuilt(args.experiment, args.profile, args.seeds, args.batches, args.out, args.checkpoints)
+        if args.retrain_out is not None:
+            retrain_rebuilt(args.experiment, args.profile, args.seeds, args.checkpoints, args.retrain_out)
+    else:
+        df = screen_experiment(args.experiment, args.profile, args.seeds, args.batches, args.dtypes, args.out)
     print(f"{len(df)} rows in {args.out}")
     return 0
 
