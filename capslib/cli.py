@@ -75,7 +75,7 @@ def _option_type(f: dataclasses.Field) -> tuple[Callable[[str], Any], Optional[i
         return _str2bool, None
     if "tuple" in ann:
         return int, 3
-    if isinstance(default, float) or ann == "float":
+    if isinstance(default, float) or "float" in ann:  # float and Optional[float] (class_init_std, squash_bias)
         return float, None
     if isinstance(default, int) or "int" in ann:
         return int, None

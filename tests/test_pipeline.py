@@ -219,6 +219,16 @@ def test_train_options_take_routing_and_loss(capsys):
     assert "invalid choice: 'magic'" in capsys.readouterr().err
 
 
+def test_optional_float_options_parse_as_numbers():
+    """Optional[float] fields (class_init_std, squash_bias) take a number from the command line."""
+    from capslib.cli import config_from_args
+
+    cfg = config_from_args(subcommand("train").parse_args(["--class_init_std", "0.1", "--squash_bias", "0.1",
+                                                           "--squash_fn", "efficient", "--residual", "true"]))
+    assert (cfg.model.class_init_std, cfg.model.squash_bias) == (0.1, 0.1)
+    assert (cfg.model.squash_fn, cfg.model.residual) == ("efficient", True)
+
+
 def test_cli_prune_runs_and_prints_the_stage_table(first_run, ckpt):
     """A second PR in the same checkpoint folder: stages 1-2 are reused, 3-5 run."""
     store = ckpt / "cli.csv"
@@ -296,22 +306,20 @@ def _stage_model(res, stage):
     return load_model((d / "config.json").read_text(), d / "best.pt")
 
 
-def test_rebuilt_for_retraining_is_what_the_retrain_stage_starts_from(first_run, data, ckpt, monkeypatch):
-    """Stages 1-4 alone give the pruned stage's model and the retrain stage's config, resumed from the same
-    checkpoints (nothing trains again)."""
+def test_pipeline_without_retraining_returns_what_retraining_starts_from(first_run, data, ckpt, monkeypatch):
+    """``retrain=False``: stages 1-4 only, resumed from the same checkpoints (nothing trains again); the
+    model is the pruned stage's and the pruned stage's config is the retrain stage's."""
     import torch
 
     res, _ = first_run
     monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("a finished stage was trained again"))
-    cfg, model, records = pipeline.rebuilt_for_retraining(tiny(), 0.25, data=data, checkpoint_dir=ckpt,
-                                                          store=ckpt / "rows-rebuilt.csv", progress=False, **CI)
-    assert [r.stage for r in records] == ["base", "ccm", "pruned"]
-    assert cfg.config_hash() == res.stages["retrain"].config.config_hash()
+    part = prune_pipeline(tiny(), 0.25, data=data, checkpoint_dir=ckpt, store=ckpt / "rows-rebuilt.csv",
+                          progress=False, retrain=False, **CI)
+    assert list(part.stages) == ["base", "ccm", "pruned"]
+    assert part.stages["pruned"].config.config_hash() == res.stages["retrain"].config.config_hash()
     saved = _stage_model(res, "pruned").state_dict()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in part.model.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
-    with pytest.raises(TypeError, match="unknown pipeline arguments"):
-        pipeline.rebuilt_for_retraining(tiny(), 0.25, data=data, progress=False, epochs=3)
 
 
 def test_pruned_backbone_keeps_stale_batchnorm_statistics(first_run, data):

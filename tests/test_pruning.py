@@ -419,3 +419,21 @@ def test_other_bad_inputs():
         plan_from_removed(cfg, {"conv4": [1]})
     with pytest.raises(TypeError, match="CapsNet or a ModelConfig"):
         make_plan("CapsNet[C=8]", scores, 0.25)
+
+
+def test_sliced_capsule_layers_keep_the_kept_types_squash_biases():
+    """With ModelConfig.squash_bias, slicing copies each ConvCaps bias of the kept output types and the
+    class capsules' bias, instead of restarting them at the initial value."""
+    cfg = tiny_cfg(I=2, squash_bias=0.1)
+    model = model_of(cfg)
+    with torch.no_grad():
+        for layer in [*model.intermediate, model.classcaps]:
+            layer.bias.normal_()  # as if trained: no longer 0.1 everywhere
+    plan = plan_from_removed(cfg, {"primary": list(range(4, 8)) + list(range(24, 28))}, mode="capsule")  # types 1, 6
+    new = rebuild(model, plan, slice_capsule_weights=True)
+    kt = list(plan.kept_types)
+    for lo, ln in zip(model.intermediate, new.intermediate):
+        assert torch.equal(ln.bias, lo.bias[kt])  # (C', D)
+    assert torch.equal(new.classcaps.bias, model.classcaps.bias)
+    fresh = rebuild(model, plan)  # re-initialised capsule layers start at the configured value
+    assert torch.all(fresh.intermediate[0].bias == 0.1)

@@ -394,7 +394,8 @@ def test_model_structure_and_outputs(routing):
 
 # every field added after the first results were stored, each kept out of the hash at its default
 NEW_FIELDS = {"model": ("em_final_lambda", "vb_alpha0", "vb_kappa0", "vb_psi0", "vb_nu0", "convcaps_layout",
-                        "class_init_std", "squash_eps", "prune_rule", "chip_estimator", "prune_bn"),
+                        "class_init_std", "squash_eps", "prune_rule", "chip_estimator", "prune_bn",
+                        "squash_bias", "squash_fn", "residual"),
               "train": ("loss", "dtype", "patience")}
 
 

@@ -165,10 +165,11 @@ def rebuilt_table(root: Optional[str | Path] = None, profile: str = "cpu") -> pd
     mode, the mean capsule length of :data:`REBUILT_LAYERS` (``class_max``: the longest class capsule), the
     largest first Adam step (training mode only: that is the step retraining takes), and the base stage's
     test accuracy in the rerun that produced the net beside the committed run's (``base_rerun`` /
-    ``base_committed``, %)."""
+    ``base_committed``, %), and the test accuracy (%) after retraining this very net for the point's budget
+    (``retrained``, from ``rebuilt_retrain_<profile>.csv``; NaN until it has run)."""
     root = results_root(root)
     path = root / "collapse" / f"screen_rebuilt_{profile}.csv"
-    cols = ["label", "seed", "mode", *REBUILT_LAYERS, "update_max", "base_rerun", "base_committed"]
+    cols = ["label", "seed", "mode", *REBUILT_LAYERS, "update_max", "base_rerun", "base_committed", "retrained"]
     if not path.is_file():
         return pd.DataFrame(columns=cols)
     screen = read_store_csv(path)
@@ -176,6 +177,11 @@ def rebuilt_table(root: Optional[str | Path] = None, profile: str = "cpu") -> pd
     runs_path = root / "collapse" / f"{profile}.csv"
     runs = read_store_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=["stage", "label", "seed"])
     base = {(r.label, int(r.seed)): 100 * float(r.test_acc) for r in runs[runs["stage"] == "base"].itertuples()}
+    retrain_path = root / "collapse" / f"rebuilt_retrain_{profile}.csv"
+    retrained = {}
+    if retrain_path.is_file():
+        rr = read_store_csv(retrain_path)
+        retrained = {(r.label, int(r.seed)): 100 * float(r.test_acc) for r in rr[rr["stage"] == "retrain"].itertuples()}
     out = []
     for r in screen.to_dict(orient="records"):
         for mode, column in (("train", "lengths"), ("eval", "eval_lengths")):
@@ -184,7 +190,9 @@ def rebuilt_table(root: Optional[str | Path] = None, profile: str = "cpu") -> pd
                             **{k: float(lengths.get(k, math.nan)) for k in REBUILT_LAYERS},
                             update_max=float(r["update_max.all"]) if mode == "train" else math.nan,
                             base_rerun=100 * float(r["base_test_acc"]),
-                            base_committed=base.get((r["label"], int(r["seed"])), math.nan)))
+                            base_committed=base.get((r["label"], int(r["seed"])), math.nan),
+                            retrained=retrained.get((r["label"], int(r["seed"])), math.nan) if mode == "train"
+                            else math.nan))
     return pd.DataFrame(out, columns=cols)
 
 
@@ -197,6 +205,8 @@ def rebuilt_view(table: pd.DataFrame) -> pd.DataFrame:
     view = g[list(REBUILT_LAYERS)].median().map(lambda v: "0" if v == 0 else f"{v:.2g}")
     view["largest first Adam step (min over seeds)"] = g["update_max"].min().map(
         lambda v: "–" if math.isnan(v) else f"{v:.2g}")
+    view["retrained (%)"] = g["retrained"].agg(lambda a: ", ".join("–" if math.isnan(v) else f"{v:.1f}" for v in a))
+    view.loc[view.index.get_level_values("mode") == "eval", "retrained (%)"] = ""
     view["seeds"] = g["seed"].nunique()
     return view.rename(columns={"class_max": "class (max)"})
 
@@ -218,12 +228,45 @@ def rebuilt_text(table: pd.DataFrame) -> str:
                      f"{tr['inter7']:.2g} against {ev['inter7']:.2g}")
     text = "Median over seeds, batch 0 of each retraining stage: " + "; ".join(parts) + ". "
     low = train[train["update_max"] < THRESHOLD]
+
+    def outcome(r) -> str:
+        if math.isnan(r.retrained):
+            return "not retrained yet"
+        return f"retrained to {r.retrained:.1f} %, " + ("at chance, as the rule predicts" if abs(
+            r.retrained / 100 - CHANCE) <= CHANCE_BAND else "it learned: this refutes the rule")
+
     text += ("Every rebuilt net's first Adam step in training mode is full-size (at least "
              f"{train['update_max'].min():.2g}). " if low.empty else
              "In training mode the first Adam step is full-size except in " + "; ".join(
-                 f"{r.label} seed {r.seed} (step {r.update_max:.2g}: by the rule this rerun cannot learn)"
-                 for r in low.itertuples()) + ". ")
+                 f"{r.label} seed {r.seed} (step {r.update_max:.2g}; {outcome(r)})" for r in low.itertuples()) + ". ")
+    high = train[train["update_max"] >= THRESHOLD].dropna(subset=["retrained"])
+    if len(high):
+        text += (f"The {len(high)} retrained nets with a full-size step reached "
+                 f"{high['retrained'].min():.1f}–{high['retrained'].max():.1f} %. ")
     diff = (train["base_rerun"] - train["base_committed"]).abs()
     return (text + f"The rerun of stages 1–4 that produced these nets is not bit-identical to the committed runs "
             f"(its base stage's test accuracy differs from the committed one by up to {diff.max():.1f} points), so "
             "these are the same pipeline's nets, not the very weights the committed runs retrained.")
+
+
+def rebuilt_rows(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
+    """The raw rows behind :func:`rebuilt_table` (the screen's and the retraining's), for its provenance
+    footer; empty when neither exists."""
+    root = results_root(root)
+    frames = [read_store_csv(p) for p in (root / "collapse" / f"screen_rebuilt_{profile}.csv",
+                                          root / "collapse" / f"rebuilt_retrain_{profile}.csv") if p.is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def rebuilt_short(table: pd.DataFrame) -> str:
+    """One sentence for the rescue verdict: how the pruned rebuilt net starts in each BatchNorm mode."""
+    pruned = table[table["label"].astype(str).str.startswith("CCM")]
+    if pruned.empty:
+        return ""
+    med = pruned.groupby("mode")[["primary", "inter7"]].median()
+    step = pruned.loc[pruned["mode"] == "train", "update_max"].min()
+    return (f"the pruned net looks dead before retraining only in eval mode, where BatchNorm uses running statistics "
+            f"copied from before the pruning (PrimaryCaps length {med.loc['eval', 'primary']:.2g}, deepest ConvCaps "
+            f"{med.loc['eval', 'inter7']:.2g}); retraining runs in training mode, where it starts alive "
+            f"({med.loc['train', 'primary']:.2g} and {med.loc['train', 'inter7']:.2g}, first Adam step ≥ {step:.2g}; "
+            f"median over {pruned['seed'].nunique()} seeds of a rerun, `results/collapse/screen_rebuilt_cpu.csv`)")

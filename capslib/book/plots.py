@@ -236,7 +236,7 @@ def provenance_info(source: Any) -> dict[str, list[str]]:
 def provenance_text(source: Any, note: Optional[str] = None) -> str:
     """The footer line as Markdown (see :func:`provenance_footer`)."""
     p = provenance_info(source)
-    datasets = ", ".join(DATASET_NAMES.get(d, d) for d in p["dataset"])
+    datasets = ", ".join(DATASET_NAMES.get(d, d) for d in p["dataset"] if d and d != "nan")  # screens: none
     profiles = ", ".join(f"`{q}`" for q in p["profile"])
     notes = [PROFILE_NOTES[q] for q in p["profile"] if q in PROFILE_NOTES]
     seeds = ("seed " if len(p["seed"]) == 1 else "seeds ") + ", ".join(p["seed"])
@@ -271,7 +271,7 @@ def provenance_footer(source: Any, note: Optional[str] = None):
 def run_label(source: Any) -> str:
     """A short label for figure titles: ``Fashion-MNIST · smoke (check, not a reproduction) · seed 0 · cpu``."""
     p = provenance_info(source)
-    datasets = ", ".join(DATASET_NAMES.get(d, d) for d in p["dataset"])
+    datasets = ", ".join(DATASET_NAMES.get(d, d) for d in p["dataset"] if d and d != "nan")  # screens: none
     prof = ", ".join(p["profile"])
     if p["profile"] == ["smoke"]:
         prof = "smoke (check, not a reproduction)"

@@ -37,6 +37,7 @@ __all__ = [
     "PRESETS",
     "PRUNE_RULES",
     "CHIP_ESTIMATORS",
+    "SQUASH_FNS",
     "apply_preset",
     "authors_preset",
     "preset_of",
@@ -59,10 +60,13 @@ DTYPES = ("float32", "float64")
 #: TrainConfig fields added after results were stored: left out of the config hash while they hold
 #: their defaults, so adding them kept every existing hash (and cache).
 _LATE_TRAIN_FIELDS = ("dtype", "patience")
-#: ModelConfig fields added after results were stored (the authors' preset, issue 10): left out of the
-#: config hash while they hold their defaults, so adding them kept every existing hash (and cache).
+#: ModelConfig fields added after results were stored (the authors' preset, issue 10; the remedies for
+#: vanishing activations): left out of the config hash while they hold their defaults, so adding them
+#: kept every existing hash (and cache).
 _LATE_MODEL_FIELDS = ("convcaps_layout", "class_init_std", "squash_eps", "prune_rule", "chip_estimator",
-                      "prune_bn")
+                      "prune_bn", "squash_bias", "squash_fn", "residual")
+#: Squash functions of :attr:`ModelConfig.squash_fn` (``capslib.engine.routing.SQUASHES`` has these keys).
+SQUASH_FNS = ("sabour", "efficient")
 #: Prune-count rules of :attr:`ModelConfig.prune_rule` (see :func:`capslib.pruning.prune.prune_count`).
 PRUNE_RULES = ("paper", "authors")
 #: CHIP estimators (see :func:`capslib.pruning.chip.ci_scores`); ``capslib.pruning.chip.ESTIMATORS`` is this tuple.
@@ -216,6 +220,22 @@ class ModelConfig(_JsonMixin):
     #: BatchNorm of a rebuilt (pruned) model: "copy" (default: kept channels' affine parameters and
     #: running statistics, trap 8) or "fresh" (the authors' code: new BatchNorm layers).
     prune_bn: str = "copy"
+    # -- remedies for vanishing activations (late fields, off by default; dynamic routing only) -----------
+    #: None (off), or the initial value of a trainable bias added to every parent's s_j before the squash,
+    #: in every routing iteration of every ConvCaps and ClassCaps layer: a (types, dims) parameter per
+    #: layer, one vector per output capsule type, shared over locations (Peer, Stabinger & Rodríguez-
+    #: Sánchez 2021, "Limitation of capsule networks"; their code initialises it to 0.1). The fused
+    #: kernel (capslib.engine.fused_routing) lacks it: such layers route on the PyTorch path.
+    squash_bias: Optional[float] = None
+    #: Squash of every capsule layer (PrimaryCaps, ConvCaps, ClassCaps): "sabour" (‖s‖²/(1+‖s‖²)·s/‖s‖) or
+    #: "efficient" (Efficient-CapsNet, Mazzia et al. 2021: (1 − e^(−‖s‖))·s/‖s‖, length ≈ ‖s‖ for short s);
+    #: both with ``squash_eps`` (capslib.engine.routing.efficient_squash). "efficient" routes on the PyTorch path.
+    squash_fn: str = "sabour"
+    #: Add each IntermediateCaps layer's input poses to its output, after the squash (DeepCaps' skip
+    #: connections), where the shapes match - always, for the C→C, D→D, 3×3 stride-1 pad-1 layers of
+    #: CapsNet[C, D, I]. Intermediate lengths can then exceed 1 (up to l + 1 after l layers); class
+    #: lengths stay < 1 (capslib.engine.capsules.ConvCaps).
+    residual: bool = False
 
     def __post_init__(self) -> None:
         for name in ("C", "D", "num_classes", "class_dim", "in_channels", "image_size"):
@@ -254,6 +274,7 @@ class ModelConfig(_JsonMixin):
         _check(self.chip_estimator in CHIP_ESTIMATORS,
                f"chip_estimator must be one of {CHIP_ESTIMATORS}, got {self.chip_estimator!r}")
         _check(self.prune_bn in ("copy", "fresh"), f"prune_bn must be 'copy' or 'fresh', got {self.prune_bn!r}")
+        self._check_remedies()
         object.__setattr__(self, "backbone_kernels", _as_tuple(self.backbone_kernels, 3, "backbone_kernels"))
         object.__setattr__(self, "backbone_strides", _as_tuple(self.backbone_strides, 3, "backbone_strides"))
         object.__setattr__(self, "backbone_padding", _as_tuple(self.backbone_padding, 3, "backbone_padding"))
@@ -268,6 +289,22 @@ class ModelConfig(_JsonMixin):
                "primary_kernel/stride must be positive and primary_padding >= 0")
         # Refuse collapsing feature maps now, not deep inside forward().
         self.feature_sizes()
+
+    def _check_remedies(self) -> None:
+        """Validate ``squash_bias``, ``squash_fn`` and ``residual`` (the remedies belong to dynamic routing)."""
+        b = self.squash_bias
+        _check(b is None or (isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)),
+               f"squash_bias must be None (off) or a finite number, the bias's initial value (0.1 in Peer et "
+               f"al.'s code), got {b!r}")
+        if b is not None:
+            object.__setattr__(self, "squash_bias", float(b))
+        _check(self.squash_fn in SQUASH_FNS, f"squash_fn must be one of {SQUASH_FNS}, got {self.squash_fn!r}")
+        _check(isinstance(self.residual, bool), f"residual must be True or False, got {self.residual!r}")
+        if self.routing != "dynamic":
+            on = [name for name in ("squash_bias", "squash_fn", "residual")
+                  if getattr(self, name) != ModelConfig.__dataclass_fields__[name].default]
+            _check(not on, f"{', '.join(on)} remedy dynamic routing's squash; routing {self.routing!r} "
+                           f"does not read them: leave them at their defaults")
 
     @property
     def widths(self) -> tuple[int, int, int]:

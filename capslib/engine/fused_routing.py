@@ -18,7 +18,9 @@ install time (``capslib.engine.fused_routing.main()``); otherwise the first use 
 
 Where it cannot run (no compiler, a failed build, a CUDA tensor, ``CAPSLIB_FUSED_ROUTING=0``),
 :func:`available` is False, the capsule layers use the PyTorch path, and the reason is warned
-once (:func:`status`). The gradient is the one of :class:`capslib.engine.routing._RoutingFunction`,
+once (:func:`status`). The kernel implements Sabour et al.'s routing and squash only: a layer with a
+remedy it lacks (``ModelConfig.squash_bias``, ``squash_fn="efficient"``) takes the PyTorch path too,
+warned once per remedy (:func:`usable`); ``residual`` is added outside the routing and keeps the kernel. The gradient is the one of :class:`capslib.engine.routing._RoutingFunction`,
 checked by ``gradcheck`` in float64 and against the PyTorch path (tests/test_fused_routing.py).
 """
 from __future__ import annotations
@@ -58,7 +60,7 @@ MAX_DIMS = 32
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _reason: Optional[str] = None  # why the kernel is unavailable, once known
-_warned = False
+_warned: set[str] = set()  # what :func:`_warn_once` has warned about: "unavailable", or a remedy
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_size = 0
 _pool_pid = 0
@@ -191,22 +193,32 @@ def status() -> str:
     return f"PyTorch routing path ({_reason})"
 
 
-def usable(u: Tensor, weight: Tensor) -> bool:
+def usable(u: Tensor, weight: Tensor, remedy: Optional[str] = None) -> bool:
     """Whether :func:`route` can take children ``u`` (..., Din) and ``weight`` (K, J, Dout, Din):
-    CPU, float32 or float64, votes of at most :data:`MAX_DIMS` dims. Warns once (naming the reason) when the
-    kernel is unavailable on CPU, so a slow run never goes unexplained."""
-    global _warned
+    CPU, float32 or float64, votes of at most :data:`MAX_DIMS` dims, and no ``remedy``. Warns once (naming
+    the reason) when the kernel is unavailable on CPU, so a slow run never goes unexplained.
+
+    ``remedy``: None, or what the layer routes with that the kernel does not implement (e.g.
+    ``"squash_bias"``); then False, with a warning once per remedy naming it."""
     if u.device.type != "cpu" or u.dtype not in (torch.float32, torch.float64):
         return False
     if weight.shape[-2] > MAX_DIMS:
         return False
+    if remedy is not None:
+        _warn_once(remedy, f"capslib: the fused CPU routing kernel implements Sabour squash routing only, not "
+                           f"{remedy}; capsule layers with {remedy} run the slower PyTorch path")
+        return False
     if available():
         return True
-    if not _warned:
-        _warned = True
-        warnings.warn(f"capslib: {status()}; capsule layers run the slower PyTorch path", RuntimeWarning,
-                      stacklevel=3)
+    _warn_once("unavailable", f"capslib: {status()}; capsule layers run the slower PyTorch path")
     return False
+
+
+def _warn_once(key: str, message: str) -> None:
+    """``warnings.warn(message)`` the first time ``key`` comes, pointing at the capsule layer's caller."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _run_split(fn, n: int, args_of) -> None:

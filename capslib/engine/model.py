@@ -3,7 +3,7 @@
     image (B, Cin, S, S)
       -> backbone: 3 × (Conv2d, BatchNorm2d, ReLU)            (B, C·D, S', S')
       -> PrimaryCaps: Conv2d(C·D) + group + squash            (B, G, G, C, D)
-      -> I × IntermediateCaps (ConvCaps 3×3, dynamic routing) (B, G, G, C, D)
+      -> I × IntermediateCaps (ConvCaps 3×3, dynamic routing) (B, G, G, C, D)   [+ input, ``residual``]
       -> ClassCaps (fully connected, dynamic routing)         (B, N, M)
 
 The class prediction is the longest class capsule. ``forward`` returns a
@@ -101,7 +101,8 @@ class CapsNet(nn.Module):
             for i in range(3)
         )
         self.primary = PrimaryCaps(widths[2], cfg.C, cfg.D, cfg.primary_kernel, cfg.primary_stride,
-                                   cfg.primary_padding, layout=cfg.capsule_layout, squash_eps=cfg.squash_eps)
+                                   cfg.primary_padding, layout=cfg.capsule_layout, squash_eps=cfg.squash_eps,
+                                   squash_fn=cfg.squash_fn)
         # primary_head is None for dynamic routing; intermediate[i] and classcaps route as cfg.routing says
         self.primary_head, self.intermediate, self.classcaps = build_capsule_layers(cfg)
 
@@ -155,12 +156,13 @@ def build_capsule_layers(cfg: ModelConfig) -> tuple[Optional[nn.Module], nn.Modu
         intermediate = nn.ModuleList(
             ConvCaps(cfg.C, cfg.D, cfg.C, cfg.D, kernel=3, stride=1, padding=1, iters=cfg.routing_iters,
                      init_std=cfg.init_std, recompute=cfg.recompute_votes, squash_eps=cfg.squash_eps,
-                     layout=cfg.convcaps_layout)
+                     layout=cfg.convcaps_layout, squash_bias=cfg.squash_bias, squash_fn=cfg.squash_fn,
+                     residual=cfg.residual)
             for _ in range(cfg.I)
         )
         classcaps = ClassCaps(cfg.grid * cfg.grid * cfg.C, cfg.D, cfg.num_classes, cfg.class_dim,
                               iters=cfg.routing_iters, init_std=cfg.class_std, recompute=cfg.recompute_votes,
-                              squash_eps=cfg.squash_eps)
+                              squash_eps=cfg.squash_eps, squash_bias=cfg.squash_bias, squash_fn=cfg.squash_fn)
         return None, intermediate, classcaps
     from .routing_alt import build_alt_layers
 

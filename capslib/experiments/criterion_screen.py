@@ -90,7 +90,8 @@ def screen_model(make_model: Callable[[], nn.Module], cfg: RunConfig, batches: i
             with torch.no_grad():
                 ev = length_signal(model.eval()(x))
             extra = {"eval_class_max": ev["class_max"], "eval_lengths": json.dumps(ev)}
-        rows.append({"label": label, "config_hash": cfg.config_hash(), "seed": tc.seed, "dtype": tc.dtype,
+        rows.append({"label": label, "config_hash": cfg.config_hash(), "data.dataset": cfg.data.dataset,
+                     "seed": tc.seed, "dtype": tc.dtype,
                      "batch": b, "C": cfg.model.C, "D": cfg.model.D, "I": cfg.model.I,
                      "init_std": cfg.model.init_std, "class_std": cfg.model.class_std, "loss": float(loss.detach()),
                      "class_mean": lengths["class"], "class_max": lengths["class_max"],
@@ -145,12 +146,12 @@ def screen_experiment(experiment: str, profile: str, seeds: int = 3, batches: in
 def screen_rebuilt(experiment: str, profile: str, seeds: int = 3, batches: int = 3, out: Optional[Path] = None,
                    checkpoints: Optional[Path] = None, progress: bool = True) -> pd.DataFrame:
     """Screen what every "prune" point of an experiment retrains: the rebuilt model of its pipeline (stages
-    1-4 of :func:`capslib.experiments.pipeline.prune_pipeline`, run with the point's own arguments, or
-    resumed from ``checkpoints``) on the first ``batches`` batches of its retraining stage. Each row also
+    1-4 of :func:`capslib.experiments.pipeline.prune_pipeline` with ``retrain=False``, run with the point's
+    own arguments, or resumed from ``checkpoints``) on the first ``batches`` batches of its retraining stage. Each row also
     carries the test accuracy of the base, CCM and pruned stages it reproduced (``<stage>_test_acc``), to be
     checked against the experiment's committed stage rows, and the lengths of the same batches in eval mode
     (what the pruned stage's evaluation and probe see). With ``out``, resume from and append to that CSV."""
-    from .pipeline import rebuilt_for_retraining
+    from .pipeline import prune_pipeline
 
     store = ResultsStore(out) if out is not None else None
     done = set() if store is None else {r["run_key"].rsplit("-", 1)[0] for r in store.rows()}
@@ -169,10 +170,11 @@ def screen_rebuilt(experiment: str, profile: str, seeds: int = 3, batches: int =
             if key not in data:
                 data[key] = load_splits(cfg.data)
             with tempfile.TemporaryDirectory() as tmp:  # the stage rows are not the experiment's rows
-                retrain_cfg, model, records = rebuilt_for_retraining(
-                    cfg, point.pr, I=point.I_after, selection=point.selection, checkpoint_dir=checkpoints,
-                    store=Path(tmp) / "rows.csv", experiment=experiment, data=data[key], progress=progress)
-            stages = {f"{r.stage}_test_acc": r.test_acc for r in records}
+                res = prune_pipeline(cfg, point.pr, I=point.I_after, selection=point.selection, retrain=False,
+                                     checkpoint_dir=checkpoints, store=Path(tmp) / "rows.csv",
+                                     experiment=experiment, data=data[key], progress=progress)
+            model, retrain_cfg = res.model, res.stages["pruned"].config
+            stages = {f"{stage}_test_acc": r.test_acc for stage, r in res.stages.items()}
             dtype = retrain_cfg.train.torch_dtype
             new = [{"run_key": f"{tag}-{r['batch']}", "experiment": experiment, "stage": "screen_rebuilt",
                     "status": "ok", "profile": profile, **r, "pr": point.pr, "I_after": point.I_after,

@@ -115,7 +115,7 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "fig3": [],
     "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
     # the collapse study's decisive runs: the paper has no such table (Table 3 has no same-width control)
-    "collapse": [], "collapse_h": [], "collapse_plateau": [],
+    "collapse": [], "collapse_h": [], "collapse_plateau": [], "remedies": [], "remedies_deep": [],
 }
 
 
@@ -392,6 +392,51 @@ def collapse_limits(profile: str = "cpu", seeds: int = 3, batches: int = 3, I_ma
     return pd.DataFrame(rows)
 
 
+# --------------------------------------------------------------------------------------
+# Issue 23: going deep without pruning. The known remedies for vanishing activations, each alone on the
+# collapse study's model and budget (profile cpu: CapsNet[20, 8], std 0.5 everywhere else, one epoch),
+# beside the length-map init (the collapse study's remedy) and pruning at PR 0.375 with its C' control.
+# --------------------------------------------------------------------------------------
+
+#: (name, config overrides, why): each remedy of :mod:`capslib.engine` (ModelConfig fields, off by default).
+REMEDIES: tuple[tuple[str, dict[str, Any], str], ...] = (
+    ("squash bias 0.1", dict(squash_bias=0.1), "Peer et al. 2021: a trainable bias before every squash, at 0.1"),
+    ("Efficient-CapsNet squash", dict(squash_fn="efficient"), "Mazzia et al. 2021: about linear for short s"),
+    ("residual ConvCaps", dict(residual=True), "each ConvCaps adds its input poses after the squash (DeepCaps)"),
+)
+#: Depths of the remedy grid (the smoke miniature's in brackets): the collapse study's remedy depth 11 (3)
+#: and the paper's Table 5 maximum 30 (5).
+REMEDY_DEPTHS = {"cpu": (11, 30), "smoke": (3, 5)}
+#: The prune beside the remedies: PR 0.375 leaves C' = 12, widths 24/48/96 of CapsNet[20, 8] (C' = 5,
+#: widths 4/8/20 of the smoke CapsNet[8, 4]), the paper's rule (``make_plan``).
+REMEDY_PRUNE = {"cpu": (0.375, 12, (24, 48, 96)), "smoke": (0.375, 5, (4, 8, 20))}
+
+
+def _remedy_arms(profile: str, I: int) -> list[Point]:
+    k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
+    return [Point("train", _cd(k["C"], k["D"], I=I, init_std=k["std"], **over), label=f"{name}, C{k['C']} I={I}",
+                  claim="deep", role="test", why=why) for name, over, why in REMEDIES]
+
+
+def _remedies(profile: str) -> list[Point]:
+    """Every remedy at the shallow depth, then CCM + CHIP at PR 0.375 and the same C' from scratch there."""
+    k = COLLAPSE_SMOKE if _small(profile) else COLLAPSE
+    I = REMEDY_DEPTHS["smoke" if _small(profile) else "cpu"][0]
+    pr, C_pruned, widths = REMEDY_PRUNE["smoke" if _small(profile) else "cpu"]
+    return [*_remedy_arms(profile, I),
+            Point("prune", _cd(k["C"], k["D"], I=0, init_std=k["std"]), pr=pr, I_after=I,
+                  label=f"CCM+CHIP PR {pr:g} (C'={C_pruned}) I={I}", claim="deep", role="control",
+                  why="the paper's remedy at the same depth"),
+            Point("train", _cd(C_pruned, k["D"], I=I, init_std=k["std"], backbone_widths=widths),
+                  label=f"C'={C_pruned} from scratch I={I}", claim="deep", role="control",
+                  why="the prune's architecture, fresh")]
+
+
+def _remedies_deep(profile: str) -> list[Point]:
+    """Every remedy at the deep depth (run only those that trained at the shallow one: ``sweep --only``)."""
+    return _remedy_arms(profile, REMEDY_DEPTHS["smoke" if _small(profile) else "cpu"][1])
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
     Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
@@ -410,6 +455,11 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("collapse_plateau", "The decisive points trained to a plateau (at most 10 epochs, patience 3), with "
                                    "channel-selection controls of the rescue", _collapse_plateau,
                default_profile="cpu", versioned=False, point_major=True, shared_stages=True),
+    Experiment("remedies", "Going deep without pruning: each remedy (squash bias, Efficient-CapsNet squash, residual "
+                           "ConvCaps) at I = 11, beside CCM + CHIP at PR 0.375 and its C' from scratch", _remedies,
+               default_profile="cpu", versioned=False, point_major=True),
+    Experiment("remedies_deep", "Going deep without pruning: each remedy at I = 30", _remedies_deep,
+               default_profile="cpu", versioned=False, point_major=True),
 ]}
 
 

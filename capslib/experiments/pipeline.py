@@ -67,7 +67,6 @@ __all__ = [
     "DepthTrial",
     "DepthSearchResult",
     "prune_pipeline",
-    "rebuilt_for_retraining",
     "depth_search",
     "stage_table",
     "check_prunable",
@@ -440,50 +439,6 @@ def _plan_columns(plan: PrunePlan) -> dict[str, Any]:
             "channels_removed": json.dumps({lp.name: lp.n_removed for lp in plan.layers})}
 
 
-@dataclass
-class _Prepared:
-    """Stages 1-4 of a pipeline: the runner, base and CCM records, the pruned stage's record, plan, rebuilt
-    (not yet retrained) model and chain key, and the resolved CHIP estimator and CCM α."""
-
-    run: _Runner
-    setup: _Setup
-    pruned: StageRecord
-    plan: PrunePlan
-    model: CapsNet
-    key: str
-    estimator: str
-    alpha: float
-
-
-def _prepare(cfg: RunConfig, pr: float, *, alpha: Optional[float], mode: str, estimator: Optional[str],
-             I: Optional[int], slice_capsule_weights: bool, epochs_base: Optional[int], epochs_ccm: Optional[int],
-             epochs_retrain: Optional[int], ci_batches: int, ci_batch_size: int, selection: str, checkpoint_dir,
-             store: StoreLike, experiment: str, data: Optional[DataSplits], progress: bool) -> _Prepared:
-    """Stages 1-4 of :func:`prune_pipeline`, its arguments checked first."""
-    estimator = resolve_estimator(cfg, estimator)
-    _check_pipeline_args(pr, mode, estimator, I, ci_batches, ci_batch_size)
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    _check_epochs(epochs_base=epochs_base, epochs_ccm=epochs_ccm, epochs_retrain=epochs_retrain)
-    _check_against_config(cfg, mode, I, slice_capsule_weights)
-    check_prunable(cfg, pr, mode=mode, I=I, slice_capsule_weights=slice_capsule_weights)
-    a = _resolve_alpha(cfg, alpha)
-    e = cfg.train.epochs
-    eb, ec, er = epochs_base or e, epochs_ccm or e, epochs_retrain or e
-    key_extra = f"pipeline|pr={pr:g}|mode={mode}|estimator={estimator}|alpha={a:g}|I={I}|slice={slice_capsule_weights}"
-    key_extra += "" if selection == "chip" else f"|selection={selection}"
-    extra = {"pr": pr, "prune_mode": mode, "ci_estimator": estimator, "ccm_alpha": a,
-             "prune_I": "" if I is None else I, "slice_capsule_weights": slice_capsule_weights,
-             "selection": selection}
-    run = _make_runner(cfg, data, checkpoint_dir, store, experiment, progress, key_extra, extra)
-    setup = _run_base_and_ccm(run, cfg, a, eb, ec)
-    pruned, plan, model, key = _prune_stage(run, cfg, setup, pr=pr, mode=mode, estimator=estimator, I=I,
-                                            slice_capsule_weights=slice_capsule_weights, epochs_retrain=er,
-                                            ci_batches=ci_batches, ci_batch_size=ci_batch_size,
-                                            selection=selection)
-    return _Prepared(run, setup, pruned, plan, model, key, estimator, a)
-
-
 # ----------------------------------------------------------------------------- public API
 
 
@@ -507,6 +462,7 @@ def prune_pipeline(
     experiment: str = "prune",
     data: Optional[DataSplits] = None,
     progress: bool = True,
+    retrain: bool = True,
 ) -> PipelineResult:
     """Run the §3.5 pipeline for one pruning ratio: base -> ccm -> pruned -> retrain.
 
@@ -534,40 +490,45 @@ def prune_pipeline(
         experiment: the rows' experiment name.
         data: preloaded splits of ``cfg.data`` (loaded when None).
         progress: print stage lines and training progress.
+        retrain: False stops before stage 5: the result's ``model`` is then the rebuilt model exactly as
+            retraining would receive it, and ``stages["pruned"].config`` the retraining stage's config (what
+            :func:`capslib.experiments.criterion_screen.screen_rebuilt` measures).
 
     Returns:
         :class:`PipelineResult` with one :class:`StageRecord` per stage (each also a store
         row whose ``run_key`` encodes PR, mode, estimator, α and the stage's settings),
         the :class:`PrunePlan` and the retrained model.
     """
-    p = _prepare(cfg, pr, alpha=alpha, mode=mode, estimator=estimator, I=I,
-                 slice_capsule_weights=slice_capsule_weights, epochs_base=epochs_base,
-                 epochs_ccm=epochs_ccm, epochs_retrain=epochs_retrain, ci_batches=ci_batches,
-                 ci_batch_size=ci_batch_size, selection=selection, checkpoint_dir=checkpoint_dir,
-                 store=store, experiment=experiment, data=data, progress=progress)
-    retrain_cfg = p.pruned.config
-    retrain_key = _chain_key(p.key, "retrain", config=retrain_cfg.config_hash())
-    retrain, model = p.run.fit_stage("retrain", retrain_cfg, retrain_key, model=p.model, extra=_plan_columns(p.plan))
-    stages = {r.stage: r for r in p.setup.records + [p.pruned, retrain]}
-    return PipelineResult(pr=pr, mode=mode, estimator=p.estimator, alpha=p.alpha, stages=stages, plan=p.plan,
-                          model=model, checkpoint_dir=p.run.root)
-
-
-def rebuilt_for_retraining(cfg: RunConfig, pr: float, *, I: Optional[int] = None, selection: str = "chip",
-                           checkpoint_dir: Optional[Union[str, os.PathLike]] = None, store: StoreLike = None,
-                           experiment: str = "prune", data: Optional[DataSplits] = None, progress: bool = True,
-                           **pipeline_args: Any) -> tuple[RunConfig, CapsNet, list[StageRecord]]:
-    """Stages 1-4 of :func:`prune_pipeline` alone (same arguments, same checkpoints and keys): the retraining
-    stage's config, the rebuilt model exactly as retraining receives it, and the base, CCM and pruned
-    records. For measuring what retraining starts from (:mod:`capslib.experiments.criterion_screen`)."""
-    defaults = dict(alpha=None, mode="channel", estimator=None, slice_capsule_weights=False, epochs_base=None,
-                    epochs_ccm=None, epochs_retrain=None, ci_batches=5, ci_batch_size=128)
-    unknown = set(pipeline_args) - set(defaults)
-    if unknown:
-        raise TypeError(f"unknown pipeline arguments {sorted(unknown)}; prune_pipeline takes {sorted(defaults)}")
-    p = _prepare(cfg, pr, I=I, selection=selection, checkpoint_dir=checkpoint_dir, store=store,
-                 experiment=experiment, data=data, progress=progress, **{**defaults, **pipeline_args})
-    return p.pruned.config, p.model, p.setup.records + [p.pruned]
+    estimator = resolve_estimator(cfg, estimator)
+    _check_pipeline_args(pr, mode, estimator, I, ci_batches, ci_batch_size)
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    _check_epochs(epochs_base=epochs_base, epochs_ccm=epochs_ccm, epochs_retrain=epochs_retrain)
+    _check_against_config(cfg, mode, I, slice_capsule_weights)
+    check_prunable(cfg, pr, mode=mode, I=I, slice_capsule_weights=slice_capsule_weights)
+    a = _resolve_alpha(cfg, alpha)
+    e = cfg.train.epochs
+    eb, ec, er = epochs_base or e, epochs_ccm or e, epochs_retrain or e
+    key_extra = f"pipeline|pr={pr:g}|mode={mode}|estimator={estimator}|alpha={a:g}|I={I}|slice={slice_capsule_weights}"
+    key_extra += "" if selection == "chip" else f"|selection={selection}"
+    extra = {"pr": pr, "prune_mode": mode, "ci_estimator": estimator, "ccm_alpha": a,
+             "prune_I": "" if I is None else I, "slice_capsule_weights": slice_capsule_weights,
+             "selection": selection}
+    run = _make_runner(cfg, data, checkpoint_dir, store, experiment, progress, key_extra, extra)
+    setup = _run_base_and_ccm(run, cfg, a, eb, ec)
+    pruned, plan, model, key = _prune_stage(run, cfg, setup, pr=pr, mode=mode, estimator=estimator, I=I,
+                                            slice_capsule_weights=slice_capsule_weights, epochs_retrain=er,
+                                            ci_batches=ci_batches, ci_batch_size=ci_batch_size,
+                                            selection=selection)
+    if not retrain:
+        return PipelineResult(pr=pr, mode=mode, estimator=estimator, alpha=a, plan=plan, model=model,
+                              stages={r.stage: r for r in setup.records + [pruned]}, checkpoint_dir=run.root)
+    retrain_cfg = pruned.config
+    retrain_key = _chain_key(key, "retrain", config=retrain_cfg.config_hash())
+    retrain, model = run.fit_stage("retrain", retrain_cfg, retrain_key, model=model, extra=_plan_columns(plan))
+    stages = {r.stage: r for r in setup.records + [pruned, retrain]}
+    return PipelineResult(pr=pr, mode=mode, estimator=estimator, alpha=a, stages=stages, plan=plan, model=model,
+                          checkpoint_dir=run.root)
 
 
 def depth_search(

@@ -32,6 +32,8 @@ KEYS = {
     "collapse": ["label", "C", "D", "I"],
     "collapse_h": ["label", "C", "D", "I"],
     "collapse_plateau": ["label", "C", "D", "I"],
+    "remedies": ["label", "C", "D", "I"],
+    "remedies_deep": ["label", "C", "D", "I"],
 }
 
 
@@ -128,7 +130,7 @@ def _row_records(name: str, r: pd.Series, recs: list[dict]) -> None:
         inter = [v for k, v in dead.items() if k.startswith("inter")]
         recs.append(dict(base, routing=r.get("model.routing"), I=I, value=acc,
                          dead_inter=100.0 * float(np.mean(inter)) if inter else np.nan))
-    elif name.startswith("collapse") and ((kind == "train" and stage == "train")
+    elif name.startswith(("collapse", "remedies")) and ((kind == "train" and stage == "train")
                                           or (kind == "prune" and stage == "retrain")):
         i_after = _num(r.get("I_after"))
         recs.append(dict(base, label=r.get("label"), I=i_after if kind == "prune" else I, value=acc))

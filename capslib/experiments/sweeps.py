@@ -39,7 +39,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from tqdm.auto import tqdm
 
@@ -145,12 +145,18 @@ class SweepSummary:
     taken_over: list[str] = field(default_factory=list)  # stale claims this sweep took over
 
 
-def plan(experiment: str, profile: str, seeds: int = 1,
-         overrides: Optional[dict[str, Any]] = None) -> list[tuple[Point, RunConfig]]:
+def plan(experiment: str, profile: str, seeds: int = 1, overrides: Optional[dict[str, Any]] = None,
+         only: Sequence[str] = ()) -> list[tuple[Point, RunConfig]]:
     """Every (point, config) a sweep would run, seeds included, in the order it runs them: seed by seed,
-    or point by point (every seed of a point, then the next) for a ``point_major`` experiment."""
+    or point by point (every seed of a point, then the next) for a ``point_major`` experiment. ``only``:
+    keep the points whose label contains one of these texts (ValueError when none does)."""
     exp = get_experiment(experiment)
     grid = exp.grid(profile)
+    if only:
+        grid = [p for p in grid if any(text in p.label for text in only)]
+        if not grid:
+            labels = "; ".join(p.label for p in exp.grid(profile))
+            raise ValueError(f"--only {list(only)} matches no point label of {experiment}: {labels}")
     order = ([(p, s) for p in grid for s in range(seeds)] if exp.point_major
              else [(p, s) for s in range(seeds) for p in grid])
     out = []
@@ -196,7 +202,7 @@ def sweep(experiment: str, profile: Optional[str] = None, seeds: int = 1, backen
           address: Optional[str] = None, retries: int = 1, dry_run: bool = False,
           overrides: Optional[dict[str, Any]] = None, results_root: Optional[str] = None,
           progress: bool = True, checkpoint_root: Optional[str] = None, wait: bool = True,
-          claim_timeout: float = 600.0, poll: float = 2.0) -> SweepSummary:
+          claim_timeout: float = 600.0, poll: float = 2.0, only: Sequence[str] = ()) -> SweepSummary:
     """Run (or with ``dry_run`` list) the grid of ``experiment``; see the module docstring.
 
     ``checkpoint_root`` (CLI ``--checkpoints``, default ``runs/sweeps/<experiment>``) keeps each point's
@@ -217,7 +223,7 @@ def sweep(experiment: str, profile: Optional[str] = None, seeds: int = 1, backen
     if checkpoint_root is None:
         checkpoint_root = str(Path("runs") / "sweeps" / experiment)
     checkpoint_root = checkpoint_root or None
-    runs = plan(experiment, profile, seeds, overrides)
+    runs = plan(experiment, profile, seeds, overrides, only)
     keyed = [(point_key(experiment, c, p), p, c) for p, c in runs]
     done_keys, failed_before = _store_state(store)
     todo = [(k, p, c) for k, p, c in keyed if k not in done_keys]
@@ -573,7 +579,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     summary = sweep(args.name, profile=args.profile, seeds=args.seeds, backend=args.backend, address=args.address,
                     retries=args.retries, dry_run=args.dry_run, overrides=parse_overrides(args.set),
                     results_root=args.results, progress=not args.quiet, checkpoint_root=args.checkpoints,
-                    wait=not args.no_wait, claim_timeout=args.claim_timeout)
+                    wait=not args.no_wait, claim_timeout=args.claim_timeout, only=args.only or ())
     if not args.dry_run:
         others = f", {summary.by_others} done by another sweep" if summary.by_others else ""
         print(f"sweep {summary.experiment} [{summary.profile}]: {summary.done} done, {summary.failed} failed, "
@@ -618,6 +624,8 @@ def register_cli(sub: Any) -> None:
                    help="a point's claim with no heartbeat for this long is stale and taken over (default 600; "
                         "a claim whose owner process on this host is gone is taken over at once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--only", nargs="+", metavar="TEXT",
+                   help="run only the points whose label contains one of these texts")
     p.set_defaults(func=_cmd_sweep)
 
     r = sub.add_parser("report", help="the paper's table beside ours, with deltas",

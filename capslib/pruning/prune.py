@@ -529,16 +529,21 @@ def _check_sliceable(plan: PrunePlan, new_cfg: ModelConfig) -> None:
 
 
 def _slice_capsules(old: CapsNet, new: CapsNet, kept_types: Sequence[int]) -> None:
-    """Copy the kept types' transformation matrices into the new capsule layers."""
+    """Copy the kept types' transformation matrices (and squash biases, ``ModelConfig.squash_bias``) into the
+    new capsule layers."""
     C = old.config.C
     kt = torch.tensor(kept_types, dtype=torch.long, device=old.classcaps.weight.device)
     for lo, ln in zip(old.intermediate, new.intermediate):
         kk = lo.kernel * lo.kernel
         w = lo.weight.view(kk, C, C, *lo.weight.shape[2:])  # (k·k, C_in, C_out, D, D)
         ln.weight.copy_(w[:, kt][:, :, kt].reshape(ln.weight.shape))  # (k·k·C', C', D, D)
+        if getattr(lo, "bias", None) is not None:
+            ln.bias.copy_(lo.bias[kt])  # (C', D): one bias per output type
     w = old.classcaps.weight
     w = w.view(-1, C, *w.shape[1:])  # (G·G, C, N, M, D)
     new.classcaps.weight.copy_(w[:, kt].reshape(new.classcaps.weight.shape))  # (G·G·C', N, M, D)
+    if getattr(old.classcaps, "bias", None) is not None:
+        new.classcaps.bias.copy_(old.classcaps.bias)  # (N, M): the classes are all kept
 
 
 # ----------------------------------------------------------------------------- checks and helpers

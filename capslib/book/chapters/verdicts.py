@@ -16,7 +16,7 @@ import pandas as pd
 
 from ...experiments.results import read_store_csv
 from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
-from ..criterion_runs import criterion_table, rule_text
+from ..criterion_runs import criterion_table, rebuilt_short, rebuilt_table, rule_text
 from ..params import RUNS_PROFILE
 from ..study_points import arm_outcomes, outcomes_text, point_outcomes
 from .collapse import depth_limit_table, load_depth_limits
@@ -309,6 +309,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
 
     # --- 2. PR 0.125-0.375 rescues I = 7 (Table 3) ----------------------------------------------------
     one_epoch = point_outcomes("collapse", runs_profile, root)
+    rebuilt = rebuilt_short(rebuilt_table(root, runs_profile))
     tests = summary[(summary["claim"] == "rescue") & (summary["role"] == "test")]
     ctrls = summary[(summary["claim"] == "rescue") & (summary["role"] == "control")]
     n_t = int(tests["seeds"].min()) if len(tests) else 0
@@ -341,6 +342,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
              f"({_acc_text(one_epoch, 'C' + chr(39) + '=15')}); the trained backbone alone, unpruned "
              f"({_acc_text(one_epoch, 'C20 pretrained')}). Removing channels is not needed: pruned − unpruned on "
              f"the same backbone, paired by seed, {_paired_text(one_epoch, 'CCM+CHIP', 'C20 pretrained')}."),
+            *((("Before retraining", rebuilt[0].upper() + rebuilt[1:] + "."),) if rebuilt else ()),
             ("What is untested", _selection_text(plateau)),
         ),
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], {budget(runs_profile)}",
