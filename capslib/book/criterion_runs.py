@@ -269,4 +269,23 @@ def rebuilt_short(table: pd.DataFrame) -> str:
             f"copied from before the pruning (PrimaryCaps length {med.loc['eval', 'primary']:.2g}, deepest ConvCaps "
             f"{med.loc['eval', 'inter7']:.2g}); retraining runs in training mode, where it starts alive "
             f"({med.loc['train', 'primary']:.2g} and {med.loc['train', 'inter7']:.2g}, first Adam step ≥ {step:.2g}; "
-            f"median over {pruned['seed'].nunique()} seeds of a rerun, `results/collapse/screen_rebuilt_cpu.csv`)")
+            f"median over {pruned['seed'].nunique()} seeds of a rerun, `results/collapse/screen_rebuilt_cpu.csv`)"
+            + _rerun_outcomes(table))
+
+
+def _rerun_outcomes(table: pd.DataFrame) -> str:
+    """How the retrained rerun nets ended, per point, naming any that sat at chance and its first step."""
+    train = table[(table["mode"] == "train")].dropna(subset=["retrained"])
+    if train.empty:
+        return ""
+    parts = []
+    for label, g in train.groupby("label", sort=False):
+        dead = g[(g["retrained"] / 100 - CHANCE).abs() <= CHANCE_BAND]
+        text = f"{label}: " + ", ".join(f"{a:.1f}" for a in g["retrained"]) + " %"
+        if len(dead):
+            text += " (" + "; ".join(f"seed {r.seed} at chance, its first step {r.update_max:.2g}"
+                                     for r in dead.itertuples()) + ")"
+        parts.append(text)
+    return (". Retrained for one epoch, these very nets reached " + "; ".join(parts)
+            + " (`results/collapse/rebuilt_retrain_cpu.csv`; the outcome was predicted before the runs in "
+              "`results/collapse/predictions_rebuilt.md`)")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ...experiments.results import read_store_csv
-from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
+from ..collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
 from ..criterion_runs import criterion_table, rebuilt_short, rebuilt_table, rule_text
 from ..params import RUNS_PROFILE
 from ..study_points import arm_outcomes, outcomes_text, point_outcomes
@@ -309,7 +309,9 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
 
     # --- 2. PR 0.125-0.375 rescues I = 7 (Table 3) ----------------------------------------------------
     one_epoch = point_outcomes("collapse", runs_profile, root)
-    rebuilt = rebuilt_short(rebuilt_table(root, runs_profile))
+    rebuilt_nets = rebuilt_table(root, runs_profile)
+    rebuilt = rebuilt_short(rebuilt_nets)
+    rerun_unpruned = _rerun_failures(rebuilt_nets, "C20 pretrained")
     tests = summary[(summary["claim"] == "rescue") & (summary["role"] == "test")]
     ctrls = summary[(summary["claim"] == "rescue") & (summary["role"] == "control")]
     n_t = int(tests["seeds"].min()) if len(tests) else 0
@@ -340,7 +342,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
              f"({_acc_text(one_epoch, 'CCM+CHIP')}) where the unpruned C = 20 net from scratch sits at chance."),
             ("What they show is sufficient", "fewer capsule types alone: C′ = 15 from scratch "
              f"({_acc_text(one_epoch, 'C' + chr(39) + '=15')}); the trained backbone alone, unpruned "
-             f"({_acc_text(one_epoch, 'C20 pretrained')}). Removing channels is not needed: pruned − unpruned on "
+             f"({_acc_text(one_epoch, 'C20 pretrained')}{rerun_unpruned}). Removing channels is not needed: pruned − unpruned on "
              f"the same backbone, paired by seed, {_paired_text(one_epoch, 'CCM+CHIP', 'C20 pretrained')}."),
             *((("Before retraining", rebuilt[0].upper() + rebuilt[1:] + "."),) if rebuilt else ()),
             ("What is untested", _selection_text(plateau)),
@@ -522,6 +524,17 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
               "unpruned",
         decided_in=_DECISIVE_RUNS))
     return out
+
+
+def _rerun_failures(rebuilt: pd.DataFrame, label_start: str) -> str:
+    """", but not on every backbone: …" when a retrained rerun net of the point sat at chance, else ""."""
+    t = rebuilt[(rebuilt["mode"] == "train") & rebuilt["label"].astype(str).str.startswith(label_start)]
+    t = t.dropna(subset=["retrained"])
+    dead = t[(t["retrained"] / 100 - CHANCE).abs() <= CHANCE_BAND]
+    if dead.empty:
+        return ""
+    return (f", but not on every backbone: in a rerun of the pipeline {len(dead)} of {len(t)} such nets sat at chance "
+            f"after retraining, {'each ' if len(dead) > 1 else ''}with a zero first step, as predicted (see below)")
 
 
 def _selection_text(plateau: pd.DataFrame) -> str:
