@@ -147,7 +147,7 @@ def test_smoke_only_claims_are_never_reproduced(tmp_path):
     _write(tmp_path, [seed002], name="seed002_depth", profile="smoke")
     vs = verdicts_ch.verdicts("fmnist", tmp_path)
     by = {v.source.split(",")[0] + v.claim[:12]: v for v in vs}
-    assert len(vs) == 8  # the paper's five, seeds 002 and 004, and the companion's hypothesis H
+    assert len(vs) == 9  # the paper's five, seeds 002 and 004, the companion's hypothesis H and its deep claim
     for v in vs:
         assert v.verdict in ("inconclusive", "inconclusive (smoke scale)") or v.verdict.startswith("untestable")
         assert v.would_change and v.control and v.evidence

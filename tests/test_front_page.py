@@ -43,7 +43,7 @@ def committed():
 def test_claims_table_has_one_row_per_verdict_with_badge_full_text_and_links(committed):
     page = claims.claims_html(committed)
     rows = re.findall(r'<tr class="capslib-claim">(.*?)</tr>', page, re.S)
-    assert len(rows) == len(committed) == 8
+    assert len(rows) == len(committed) == 9
     for number, (row, v) in enumerate(zip(rows, committed), start=1):
         assert f'<span class="capslib-badge {claims.badge_class(v)}">' in row
         assert re.search(r"<details><summary>.*</summary><p>", row), "the full verdict is one click away"
@@ -311,7 +311,7 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
     opening = readme.split("## ", 1)[0]
     assert opening.index("**What it found**") < 600, "the findings are the README's first screen"
     text = re.sub(r"\s+", " ", opening)
-    collapse, rescue, *others, h = committed
+    collapse, rescue, *others, h, deep = committed
     assert "collapse of deep CapsNets is reproduced" in text and collapse.verdict == "reproduced"
     assert "Its mechanism is a cliff in the capsule lengths at initialisation" in text and collapse.mechanism
     assert "in float64 too" in text and h.details["float64_beyond_collapses"] is True

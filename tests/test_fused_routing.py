@@ -1,6 +1,7 @@
 """The fused CPU routing kernel (capslib.engine.fused_routing): the same function and gradient as the
-PyTorch path, at every capsule size and thread count, in float32 and float64; the layers and the
-model give the same numbers either way; the fallback is clean and says why."""
+PyTorch path, at every capsule size and thread count, in float32 and float64, with and without the
+remedies it implements (a parent bias, Efficient-CapsNet's squash); the layers and the model give the
+same numbers either way; the fallback is clean and says why."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ from capslib.engine.capsules import ClassCaps, ConvCaps, capsule_votes, use_fuse
 from capslib.engine.config import ModelConfig
 from capslib.engine.losses import margin_loss
 from capslib.engine.model import CapsNet
-from capslib.engine.routing import dynamic_routing
+from capslib.engine.routing import dynamic_routing, efficient_squash
 
 pytestmark = pytest.mark.skipif(not fused_routing.available(), reason=fused_routing.status())
 
@@ -105,6 +106,174 @@ def test_bad_inputs_are_refused_with_a_message():
     assert not fused_routing.usable(u, big)  # 40-dim votes: the layers take the PyTorch path
     with pytest.raises(ValueError, match="at most"):
         fused_routing.route(u, big, 3, 1e-8)
+    with pytest.raises(ValueError, match=r"bias must be \(J, Dout\) = \(3, 4\)"):
+        fused_routing.route(u, w, 3, 1e-8, torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="bias is torch.float64"):
+        fused_routing.route(u, w, 3, 1e-8, torch.zeros(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="squash_fn is one of"):
+        fused_routing.route(u, w, 3, 1e-8, squash_fn="hinton")
+
+
+# ---- the remedies: a parent bias before every squash, Efficient-CapsNet's squash ---------------------------
+
+REMEDIES = {"bias": (True, "sabour"), "efficient": (False, "efficient"), "both": (True, "efficient")}
+
+
+def remedy_problem(n, K, J, Din, Dout, dtype, remedy, std=0.5, seed=0):
+    """u, weight, and the bias (J, Dout) or None, all requiring grad; the squash's name."""
+    with_bias, squash_fn = REMEDIES[remedy]
+    u, w = problem(n, K, J, Din, Dout, dtype, std=std, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    bias = (torch.randn(J, Dout, generator=g, dtype=dtype) * 0.3).requires_grad_() if with_bias else None
+    return u, w, bias, squash_fn
+
+
+def reference_remedy(u, weight, iters, bias, squash_fn, eps=1e-8):
+    v, _ = dynamic_routing(capsule_votes(u, weight), iters, fused_backward=False, eps=eps, bias=bias,
+                           squash_fn=squash_fn)
+    return v
+
+
+def _value_and_grads(route_fn, u, w, bias, g):
+    inputs = (u, w) if bias is None else (u, w, bias)
+    v = route_fn(*inputs)
+    return (v, *torch.autograd.grad(v, inputs, g))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("iters", [1, 3])
+@pytest.mark.parametrize("dout", [8, 6, 12])  # 6 -> 8 and 12 -> 16: the bias is padded too
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("remedy", list(REMEDIES))
+def test_remedies_equal_the_pytorch_path(remedy, dtype, tol, dout, iters, threads):
+    """v, grad u, grad W and grad bias of the kernel = the PyTorch path differentiated by autograd."""
+    u, w, bias, squash_fn = remedy_problem(13, 27, 5, 4, dout, dtype, remedy, seed=dout + iters)
+    g = torch.randn(13, 5, dout, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = _value_and_grads(lambda *x: fused_routing.route(x[0], x[1], iters, 1e-8, *x[2:], squash_fn=squash_fn),
+                               u, w, bias, g)
+    finally:
+        torch.set_num_threads(old)
+    want = _value_and_grads(lambda *x: reference_remedy(x[0], x[1], iters, x[2] if len(x) > 2 else None, squash_fn),
+                            u, w, bias, g)
+    assert len(got) == (4 if bias is not None else 3)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert ((a - b).abs().max() / b.abs().max()).item() < tol
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+@pytest.mark.parametrize("remedy", list(REMEDIES))
+def test_remedies_float64_gradcheck(remedy, iters):
+    """Analytic gradients in u, W and the bias = finite differences (Dout 6, padded to 8)."""
+    u, w, bias, squash_fn = remedy_problem(3, 11, 3, 4, 6, torch.float64, remedy, seed=iters)
+    inputs = (u, w) if bias is None else (u, w, bias)
+    assert torch.autograd.gradcheck(lambda *x: fused_routing.route(x[0], x[1], iters, 1e-8, *x[2:],
+                                                                   squash_fn=squash_fn), inputs)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
+def test_efficient_squash_at_every_length(dtype, tol):
+    """One child, one parent, W = I: the kernel computes efficient_squash(u) itself. Its value and gradient
+    equal efficient_squash's (float64) per capsule, relative to each capsule's own size, at lengths from
+    1e-7 (below sqrt(eps)) to 1e3, with a bias; in float32 too, where f'(q) = (n e^-n - (1 - e^-n)) / (2 n^3)
+    written as it stands would lose every digit below n ~ 1e-3 (its series takes over there)."""
+    lengths = torch.logspace(-7, 3, 400, dtype=torch.float64)
+    u = torch.randn(400, 1, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    u = u / u.norm(dim=-1, keepdim=True) * lengths[:, None, None]
+    w = torch.eye(6, dtype=torch.float64).view(1, 1, 6, 6)
+    g = torch.randn(400, 1, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = u.to(dtype).requires_grad_()
+    v = fused_routing.route(x, w.to(dtype), 1, 1e-8, squash_fn="efficient")
+    (gx,) = torch.autograd.grad(v, x, g.to(dtype))
+    x64 = x.detach().double().requires_grad_()
+    v_ref = efficient_squash(x64.squeeze(1)).unsqueeze(1)
+    (gx_ref,) = torch.autograd.grad(v_ref, x64, g)
+    for a, b in ((v, v_ref), (gx, gx_ref)):
+        err = (a.double() - b).norm(dim=-1) / b.norm(dim=-1)
+        assert err.max().item() < tol
+
+
+@pytest.mark.parametrize("squash_fn", ["sabour", "efficient"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 4e-15), (torch.float32, 2e-6)])
+def test_squash_factor_and_derivative_to_a_few_ulp(squash_fn, dtype, tol):
+    """The kernel's f(q) and f'(q) (v = f(q) s, q = |s|^2) against 50-digit arithmetic, q from 0 to 1e8.
+    Efficient: f'(q) = (n e^-n - (1 - e^-n)) / (2 n^3), n = sqrt(q + eps), whose numerator cancels to
+    -n^2/2 as n -> 0; the kernel's series keeps every digit there, in float32 too."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 50
+    eps = 1e-8
+    qs = [0.0] + torch.logspace(-20, 8, 300, dtype=torch.float64).tolist()
+    worst = 0.0
+    for q in qs:
+        q = torch.tensor(q, dtype=dtype).item()  # the q the kernel sees
+        Q, E = mp.mpf(q), mp.mpf(torch.tensor(eps, dtype=dtype).item())
+        n = mp.sqrt(Q + E)
+        if squash_fn == "sabour":
+            f, df = Q / ((1 + Q) * n), 1 / ((1 + Q) * n) - Q / ((1 + Q) ** 2 * n) - Q / (2 * (1 + Q) * n ** 3)
+        else:
+            f, df = -mp.expm1(-n) / n, (n * mp.exp(-n) + mp.expm1(-n)) / (2 * n ** 3)
+        got = fused_routing._squash_factor(q, eps, squash_fn, dtype)
+        for g, want in zip(got, (f, df)):
+            if want != 0:
+                worst = max(worst, float(abs((g - want) / want)))
+            else:
+                assert g == 0
+    assert worst < tol, worst
+
+
+@pytest.mark.parametrize("remedy", list(REMEDIES))
+def test_remedies_thread_split_gives_the_same_numbers(remedy):
+    """As without remedies: v and grad u bitwise equal across thread counts; grad W and grad bias (summed
+    per thread) equal to rounding."""
+    u, w, bias, squash_fn = remedy_problem(50, 36, 6, 8, 8, torch.float32, remedy)
+    g = torch.randn(50, 6, 8)
+    out = {}
+    old = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            out[t] = _value_and_grads(lambda *x: fused_routing.route(*x[:2], 3, 1e-8, *x[2:], squash_fn=squash_fn),
+                                      u, w, bias, g)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(out[1][0], out[2][0]) and torch.equal(out[1][1], out[2][1])
+    for a, b in zip(out[1][2:], out[2][2:]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("squash_fn", ["sabour", "efficient"])
+def test_padded_bias_keeps_the_padded_dims_zero(squash_fn):
+    """Dout = 6 runs 8-wide votes with the bias zero in dims 6, 7. Padding by hand (zero rows of W, zero bias
+    dims) gives exactly zero there - in v, in grad W and in grad bias - and bit for bit the same numbers in
+    the other dims."""
+    u, w, bias, _ = remedy_problem(7, 19, 4, 5, 6, torch.float64, "bias")
+    w8 = torch.cat([w.detach(), w.new_zeros(19, 4, 2, 5)], dim=2).requires_grad_()
+    b8 = torch.cat([bias.detach(), bias.new_zeros(4, 2)], dim=1).requires_grad_()
+    g = torch.randn(7, 4, 6, dtype=torch.float64)
+    v6, gu6, gw6, gb6 = _value_and_grads(lambda *x: fused_routing.route(*x[:2], 3, 1e-8, x[2], squash_fn),
+                                         u, w, bias, g)
+    v8 = fused_routing.route(u, w8, 3, 1e-8, b8, squash_fn)
+    gu8, gw8, gb8 = torch.autograd.grad(v8[..., :6], (u, w8, b8), g)
+    for padded in (v8[..., 6:], gw8[:, :, 6:], gb8[:, 6:]):
+        assert torch.equal(padded, torch.zeros_like(padded))
+    assert gb6.abs().min() > 0
+    for a, b in ((v8[..., :6], v6), (gu8, gu6), (gw8[:, :, :6], gw6), (gb8[:, :6], gb6)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_bias_equals_no_bias_bit_for_bit(dtype):
+    """A zero bias adds exact zeros: the remedies' entry point computes the default's numbers."""
+    u, w = problem(9, 27, 5, 6, 10, dtype)
+    g = torch.randn(9, 5, 10, dtype=dtype)
+    plain = _value_and_grads(lambda *x: fused_routing.route(*x, 3, 1e-8), u, w, None, g)
+    zero = torch.zeros(5, 10, dtype=dtype, requires_grad=True)
+    biased = _value_and_grads(lambda *x: fused_routing.route(x[0], x[1], 3, 1e-8, x[2]), u, w, zero, g)
+    for a, b in zip(plain, biased):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

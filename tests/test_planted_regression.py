@@ -26,8 +26,8 @@ PLANTS = [
     ("CHIP score's sign", "capslib/pruning/chip.py", "ci = (2.0 / math.pi) * QUAD_STEP",
      "ci = -(2.0 / math.pi) * QUAD_STEP", ["tests/test_chip.py::test_matches_svd_reference"]),
     ("one routing iteration fewer in ConvCaps", "capslib/engine/capsules.py",
-     "fused_routing.route(windows, weight, self.iters, self.squash_eps)",
-     "fused_routing.route(windows, weight, self.iters - 1, self.squash_eps)",
+     "fused_routing.route(windows, weight, self.iters, self.squash_eps, bias, self.squash_fn)",
+     "fused_routing.route(windows, weight, self.iters - 1, self.squash_eps, bias, self.squash_fn)",
      ["tests/test_routing.py::test_convcaps_matches_slow_loop"]),
 ]
 

@@ -1,8 +1,9 @@
 """The remedies for vanishing activations (ModelConfig ``squash_bias``, ``squash_fn``, ``residual``).
 
 Each one equals a slow, obvious re-implementation (plain loops over capsules, float64), passes gradcheck,
-leaves the hash of every default config alone, refuses bad values, trains inside a CapsNet, and, where
-the fused CPU kernel lacks it, takes the PyTorch path with one warning naming it.
+leaves the hash of every default config alone, refuses bad values, trains inside a CapsNet, and runs on the
+fused CPU kernel with the PyTorch path's numbers (a remedy the kernel lacked would take the PyTorch path
+with one warning naming it).
 """
 from __future__ import annotations
 
@@ -187,14 +188,16 @@ def test_primarycaps_efficient_squash_matches_per_capsule_formula():
                                                rtol=1e-12, atol=1e-15)
 
 
-def test_zero_bias_computes_exactly_the_default_layer():
+@pytest.mark.parametrize("fused", [False, True])
+def test_zero_bias_computes_exactly_the_default_layer(fused):
     """squash_bias = 0.0 adds an exact 0 before the squash: the same values and weight gradients, bit for bit,
-    as the layer without it - the remedy's code path is the default's plus one add."""
+    as the layer without it - the remedy's code path is the default's plus one add (on the PyTorch path and
+    on the fused kernel alike)."""
     torch.manual_seed(2)
     plain = ConvCaps(3, 4, 3, 4, init_std=0.5, recompute=False)
     biased = ConvCaps(3, 4, 3, 4, init_std=0.5, recompute=False, squash_bias=0.0)
     biased.weight.data.copy_(plain.weight.data)
-    plain.fused = False  # both on the PyTorch path
+    plain.fused = biased.fused = fused
     u = torch.randn(2, 4, 4, 3, 4) * 0.5
     out_p, out_b = plain(u.requires_grad_()), biased(u)
     assert torch.equal(out_p, out_b)
@@ -428,18 +431,63 @@ def test_residual_in_capsnet_adds_every_layers_input_after_the_squash():
     assert layer(big).norm(dim=-1).max() > 1
 
 
-# ---- (g) the fused kernel: which remedy it runs, and the one-time warning of the fallback --------------
+# ---- (g) the fused kernel runs every remedy; the fallback for one it would lack ---------------------------
 
-@pytest.mark.parametrize("kw,name", [
-    (dict(squash_bias=0.1), "squash_bias"),
-    (dict(squash_fn="efficient"), "squash_fn='efficient'"),
-])
-def test_remedy_the_kernel_lacks_falls_back_with_one_warning(kw, name, monkeypatch):
+def _counting_route(monkeypatch):
+    """Replace fused_routing.route by a wrapper that records each call; returns the list of calls."""
+    calls = []
+    route = fused_routing.route
+    monkeypatch.setattr(fused_routing, "route", lambda *a, **k: calls.append(1) or route(*a, **k))
+    return calls
+
+
+def test_the_kernel_lacks_no_remedy():
+    for kw in [*REMEDIES.values(), {}]:
+        assert ConvCaps(2, 4, 2, 4, **kw).kernel_lacks is None
+        assert ClassCaps(18, 4, 5, 8, **{k: v for k, v in kw.items() if k != "residual"}).kernel_lacks is None
+
+
+@pytest.mark.skipif(not fused_routing.available(), reason=fused_routing.status())
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("remedy", list(REMEDIES))
+def test_layers_with_remedy_run_the_kernel_with_the_pytorch_paths_numbers(remedy, dtype, tol, monkeypatch):
+    """ConvCaps (Dout 6: padded to 8) and ClassCaps with each remedy call the fused kernel, warn nothing, and
+    give the PyTorch path's value and gradients (input, weights, biases)."""
     monkeypatch.setattr(fused_routing, "_warned", set())
+    kw = REMEDIES[remedy]
+    conv = _layer64(ConvCaps, seed=9, Cin=3, Din=4, Cout=3, Dout=6, init_std=0.5, **kw).to(dtype)
+    cls = _layer64(ClassCaps, seed=10, num_inputs=4 * 4 * 3, Din=6, num_classes=5, Dout=12, init_std=0.5,
+                   **{k: v for k, v in kw.items() if k != "residual"}).to(dtype)
+    u = torch.randn(2, 4, 4, 3, 4, dtype=dtype) * 0.5
+    params = [p for m in (conv, cls) for p in m.parameters()]
+    assert len(params) == (4 if "squash_bias" in kw else 2)
+    calls = _counting_route(monkeypatch)
+    res = {}
+    for fused in (True, False):
+        conv.fused = cls.fused = fused
+        x = u.clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback warning
+            y = cls(conv(x))
+        g = torch.randn(y.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+        res[fused] = (y, *torch.autograd.grad(y, (x, *params), g))
+    assert len(calls) == 2  # ConvCaps and ClassCaps, fused; none unfused
+    for a, b in zip(res[True], res[False]):
+        assert ((a - b).abs().max() / b.abs().max()).item() < tol
+
+
+def test_a_squash_the_kernel_lacks_falls_back_with_one_warning(monkeypatch):
+    """The mechanism, with a kernel that knew only Sabour's squash: the layers with another squash take the
+    PyTorch path, warn once naming it, and never call the kernel; a bias alone keeps the kernel."""
+    monkeypatch.setattr(fused_routing, "_warned", set())
+    monkeypatch.setattr(fused_routing, "SQUASHES", {"sabour": 0})
     calls = []
     monkeypatch.setattr(fused_routing, "route", lambda *a, **k: calls.append(a))  # must never be called
+    kw = dict(squash_bias=0.1, squash_fn="efficient")
     conv, cls = ConvCaps(2, 4, 2, 4, init_std=0.5, **kw), ClassCaps(3 * 3 * 2, 4, 5, 8, init_std=0.5, **kw)
+    name = "squash_fn='efficient'"
     assert conv.kernel_lacks == name and cls.kernel_lacks == name
+    assert ConvCaps(2, 4, 2, 4, squash_bias=0.1).kernel_lacks is None
     u = torch.randn(2, 3, 3, 2, 4) * 0.5
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -451,11 +499,26 @@ def test_remedy_the_kernel_lacks_falls_back_with_one_warning(kw, name, monkeypat
     assert calls == []
 
 
-def test_both_remedies_are_named_together():
-    layer = ConvCaps(2, 4, 2, 4, squash_bias=0.1, squash_fn="efficient")
-    assert layer.kernel_lacks == "squash_bias and squash_fn='efficient'"
-    assert ConvCaps(2, 4, 2, 4, residual=True).kernel_lacks is None
-    assert ConvCaps(2, 4, 2, 4).kernel_lacks is None
+def test_remedies_without_the_kernel_fall_back_with_its_reason(monkeypatch):
+    """No kernel (no compiler, CAPSLIB_FUSED_ROUTING=0, ...): the layers with remedies take the PyTorch path,
+    warn once with the reason, and compute the slow reference's numbers."""
+    monkeypatch.setattr(fused_routing, "_warned", set())
+    monkeypatch.setattr(fused_routing, "_lib", None)
+    monkeypatch.setattr(fused_routing, "_reason", "disabled for this test")
+    calls = []
+    monkeypatch.setattr(fused_routing, "route", lambda *a, **k: calls.append(a))  # must never be called
+    kw = dict(squash_bias=0.1, squash_fn="efficient")
+    layer = _layer64(ConvCaps, seed=11, Cin=2, Din=3, Cout=2, Dout=3, iters=2, init_std=0.7, **kw)
+    u = torch.randn(1, 3, 3, 2, 3, dtype=torch.float64) * 0.8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [layer(u) for _ in range(2)]
+    ours = [w for w in caught if "PyTorch path" in str(w.message)]
+    assert len(ours) == 1 and "disabled for this test" in str(ours[0].message)
+    assert calls == []
+    want = ref_convcaps(u, layer.weight.detach(), 2, _bias_of(layer), "efficient")
+    for out in outs:
+        torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.skipif(not fused_routing.available(), reason=fused_routing.status())
@@ -463,9 +526,7 @@ def test_residual_keeps_the_kernel_and_its_numbers(monkeypatch):
     monkeypatch.setattr(fused_routing, "_warned", set())
     torch.manual_seed(7)
     layer = ConvCaps(3, 4, 3, 4, init_std=0.5, residual=True, recompute=False)
-    calls = []
-    route = fused_routing.route
-    monkeypatch.setattr(fused_routing, "route", lambda *a: calls.append(1) or route(*a))
+    calls = _counting_route(monkeypatch)
     u1 = (torch.randn(2, 4, 4, 3, 4) * 0.5).requires_grad_()
     u2 = u1.detach().clone().requires_grad_()
     with warnings.catch_warnings():

@@ -89,7 +89,7 @@ def default_root() -> Path:
 
 
 #: The paper's sections, in reading order; ``_toc.yml`` must list exactly these.
-CHAPTERS = ("routing", "ccm", "chip", "depth", "kernels", "collapse", "verdicts")
+CHAPTERS = ("routing", "ccm", "chip", "depth", "kernels", "collapse", "deep", "verdicts")
 
 KERNEL_NAME = "python3"
 

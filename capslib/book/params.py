@@ -167,7 +167,7 @@ COMMON_PARAMS: dict[str, Param] = {
     "EPOCHS": _int(None, "training epochs", low=1, optional=True),
 }
 
-#: The collapse and verdict pages train nothing: their own parameters, no C/D/I/EPOCHS of a trained model.
+#: The collapse, deep and verdict pages train nothing: their own parameters, no C/D/I/EPOCHS of a trained model.
 _EVIDENCE_PARAMS: dict[str, Param] = {
     "PROFILE": Param("choice", "smoke", "the book's profile (this page trains nothing; accepted for the build)",
                      choices=tuple(PROFILES)),
@@ -212,6 +212,7 @@ CHAPTER_PARAMS: dict[str, dict[str, Param]] = {
                      high=1, high_open=True),
         "I_MAX": Param("int", 10, "deepest model of each slider screen", low=1, high=16),
     },
+    "deep": dict(_EVIDENCE_PARAMS),
     "verdicts": dict(_EVIDENCE_PARAMS),
 }
 

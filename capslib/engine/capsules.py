@@ -212,7 +212,8 @@ class ConvCaps(nn.Module):
         windows, Ho, Wo = unfold_capsules(u, self.kernel, self.stride, self.padding, self.layout)  # (B·L, 9Cin, Din)
         weight = self.weight.to(u.dtype)  # (9Cin, Cout, Dout, Din)
         if fused:  # votes never materialised (capslib.engine.fused_routing)
-            v = fused_routing.route(windows, weight, self.iters, self.squash_eps)  # (B·L, Cout, Dout)
+            bias = _kernel_bias(self, u)  # (Cout, Dout) or None; v: (B·L, Cout, Dout)
+            v = fused_routing.route(windows, weight, self.iters, self.squash_eps, bias, self.squash_fn)
         else:
             u_hat = capsule_votes(windows, weight, contiguous=False)  # (B·L, Cout, 9Cin, Dout)
             v, _ = dynamic_routing(u_hat, self.iters, eps=self.squash_eps, bias=self.bias,
@@ -258,7 +259,8 @@ class ClassCaps(nn.Module):
         children = u.reshape(B, -1, u.shape[-1])  # (B, K, D)
         weight = self.weight.to(u.dtype)  # (K, N, M, D)
         if fused:
-            return fused_routing.route(children, weight, self.iters, self.squash_eps)  # (B, N, M)
+            bias = _kernel_bias(self, u)  # (N, M) or None
+            return fused_routing.route(children, weight, self.iters, self.squash_eps, bias, self.squash_fn)  # (B, N, M)
         u_hat = capsule_votes(children, weight)  # (B, N, K, M)
         v, _ = dynamic_routing(u_hat, self.iters, eps=self.squash_eps, bias=self.bias,
                                squash_fn=self.squash_fn)  # (B, N, M)
@@ -284,7 +286,12 @@ def _squash_bias(value: Optional[float], J: int, D: int) -> Optional[nn.Paramete
 
 
 def _kernel_lacks(layer: nn.Module) -> Optional[str]:
-    """What of ``layer``'s routing the fused kernel (Sabour squash, no bias) does not implement, or None."""
-    lacks = (["squash_bias"] if layer.bias is not None else []) + \
-        ([f"squash_fn={layer.squash_fn!r}"] if layer.squash_fn != "sabour" else [])
+    """What of ``layer``'s routing the fused kernel does not implement, or None. It takes the parent bias
+    (``squash_bias``) and the squashes of :data:`capslib.engine.fused_routing.SQUASHES`."""
+    lacks = [f"squash_fn={layer.squash_fn!r}"] if layer.squash_fn not in fused_routing.SQUASHES else []
     return " and ".join(lacks) or None
+
+
+def _kernel_bias(layer: nn.Module, u: Tensor) -> Optional[Tensor]:
+    """``layer.bias`` in ``u``'s dtype for the fused kernel (as its weight), or None."""
+    return None if layer.bias is None else layer.bias.to(u.dtype)

@@ -225,11 +225,11 @@ class ModelConfig(_JsonMixin):
     #: in every routing iteration of every ConvCaps and ClassCaps layer: a (types, dims) parameter per
     #: layer, one vector per output capsule type, shared over locations (Peer, Stabinger & Rodríguez-
     #: Sánchez 2021, "Limitation of capsule networks"; their code initialises it to 0.1). The fused
-    #: kernel (capslib.engine.fused_routing) lacks it: such layers route on the PyTorch path.
+    #: kernel (capslib.engine.fused_routing) routes it, forward and backward.
     squash_bias: Optional[float] = None
     #: Squash of every capsule layer (PrimaryCaps, ConvCaps, ClassCaps): "sabour" (‖s‖²/(1+‖s‖²)·s/‖s‖) or
     #: "efficient" (Efficient-CapsNet, Mazzia et al. 2021: (1 − e^(−‖s‖))·s/‖s‖, length ≈ ‖s‖ for short s);
-    #: both with ``squash_eps`` (capslib.engine.routing.efficient_squash). "efficient" routes on the PyTorch path.
+    #: both with ``squash_eps`` (capslib.engine.routing.efficient_squash). The fused kernel routes both.
     squash_fn: str = "sabour"
     #: Add each IntermediateCaps layer's input poses to its output, after the squash (DeepCaps' skip
     #: connections), where the shapes match - always, for the C→C, D→D, 3×3 stride-1 pad-1 layers of

@@ -18,10 +18,13 @@ install time (``capslib.engine.fused_routing.main()``); otherwise the first use 
 
 Where it cannot run (no compiler, a failed build, a CUDA tensor, ``CAPSLIB_FUSED_ROUTING=0``),
 :func:`available` is False, the capsule layers use the PyTorch path, and the reason is warned
-once (:func:`status`). The kernel implements Sabour et al.'s routing and squash only: a layer with a
-remedy it lacks (``ModelConfig.squash_bias``, ``squash_fn="efficient"``) takes the PyTorch path too,
-warned once per remedy (:func:`usable`); ``residual`` is added outside the routing and keeps the kernel. The gradient is the one of :class:`capslib.engine.routing._RoutingFunction`,
-checked by ``gradcheck`` in float64 and against the PyTorch path (tests/test_fused_routing.py).
+once (:func:`status`). The kernel implements Sabour et al.'s routing with the remedies of
+:func:`capslib.engine.routing.dynamic_routing`: a parent bias before every squash
+(``ModelConfig.squash_bias``) and the squashes of :data:`SQUASHES` (``squash_fn``); ``residual`` is added
+outside the routing. A layer with anything else the kernel lacks takes the PyTorch path, warned once per
+remedy (:func:`usable`). The gradient is the one of :class:`capslib.engine.routing._RoutingFunction`,
+checked by ``gradcheck`` in float64 and against the PyTorch path (tests/test_fused_routing.py,
+tests/test_remedies.py).
 """
 from __future__ import annotations
 
@@ -57,8 +60,12 @@ MARCH_ENV = "CAPSLIB_KERNEL_MARCH"
 _MARCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 #: Largest vote (output capsule) dimension the kernel takes; larger ones use the PyTorch path.
 MAX_DIMS = 32
+#: The squashes the kernel implements (``squash_fn`` name -> the kernel's ``squash`` argument).
+SQUASHES = {"sabour": 0, "efficient": 1}
+_ABIS = (2, 3)  # 2: Sabour's squash, no bias (kernels built from older sources, see benchmarks/); 3: the remedies
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
+_abi = 0  # the loaded kernel's ABI version
 _reason: Optional[str] = None  # why the kernel is unavailable, once known
 _warned: set[str] = set()  # what :func:`_warn_once` has warned about: "unavailable", or a remedy
 _pool: Optional[ThreadPoolExecutor] = None
@@ -158,7 +165,7 @@ def build(verbose: bool = False) -> Path:
 
 
 def _load() -> Optional[ctypes.CDLL]:
-    global _lib, _reason
+    global _lib, _reason, _abi
     with _lock:
         if _lib is not None or _reason is not None:
             return _lib
@@ -167,8 +174,9 @@ def _load() -> Optional[ctypes.CDLL]:
             return None
         try:
             lib = ctypes.CDLL(str(build()))
-            if lib.capslib_routing_abi_version() != 2:
-                raise RuntimeError("kernel ABI version mismatch")
+            abi = lib.capslib_routing_abi_version()
+            if abi not in _ABIS:
+                raise RuntimeError(f"kernel ABI version mismatch ({abi}, not one of {_ABIS})")
         except (RuntimeError, OSError, ValueError) as exc:
             _reason = f"the fused routing kernel could not be built or loaded: {exc}"
             return None
@@ -177,7 +185,14 @@ def _load() -> Optional[ctypes.CDLL]:
             getattr(lib, name).argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i32, i32, i32, dbl]
         for name in ("capslib_route_backward_f32", "capslib_route_backward_f64"):
             getattr(lib, name).argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32, i32, i32, dbl]
-        _lib = lib
+        if abi >= 3:  # (..., bias, ...) and (..., gbias, ...) before n0; the squash kind last
+            for name in ("capslib_route_forward3_f32", "capslib_route_forward3_f64"):
+                getattr(lib, name).argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32, i32, i32, dbl, i32]
+            for name in ("capslib_route_backward3_f32", "capslib_route_backward3_f64"):
+                getattr(lib, name).argtypes = [ptr] * 7 + [i64, i64, i64, i64, i32, i32, i32, dbl, i32]
+            lib.capslib_squash_factor_f32.argtypes = [ctypes.c_float, dbl, i32, ptr]
+            lib.capslib_squash_factor_f64.argtypes = [dbl, dbl, i32, ptr]
+        _lib, _abi = lib, abi
         return lib
 
 
@@ -198,15 +213,15 @@ def usable(u: Tensor, weight: Tensor, remedy: Optional[str] = None) -> bool:
     CPU, float32 or float64, votes of at most :data:`MAX_DIMS` dims, and no ``remedy``. Warns once (naming
     the reason) when the kernel is unavailable on CPU, so a slow run never goes unexplained.
 
-    ``remedy``: None, or what the layer routes with that the kernel does not implement (e.g.
-    ``"squash_bias"``); then False, with a warning once per remedy naming it."""
+    ``remedy``: None, or what the layer routes with that the kernel does not implement (e.g. a squash
+    not in :data:`SQUASHES`); then False, with a warning once per remedy naming it."""
     if u.device.type != "cpu" or u.dtype not in (torch.float32, torch.float64):
         return False
     if weight.shape[-2] > MAX_DIMS:
         return False
     if remedy is not None:
-        _warn_once(remedy, f"capslib: the fused CPU routing kernel implements Sabour squash routing only, not "
-                           f"{remedy}; capsule layers with {remedy} run the slower PyTorch path")
+        _warn_once(remedy, f"capslib: the fused CPU routing kernel does not implement {remedy}; "
+                           f"capsule layers with {remedy} run the slower PyTorch path")
         return False
     if available():
         return True
@@ -257,22 +272,44 @@ def _kernel_weight(weight: Tensor) -> Tensor:
     return wt
 
 
-def _call(direction: str, dtype: torch.dtype):
-    return getattr(_lib, f"capslib_route_{direction}_{'f64' if dtype == torch.float64 else 'f32'}")
+def _kernel_bias(bias: Optional[Tensor], P: int) -> Optional[Tensor]:
+    """(J, Dout) -> the kernel's (J, P), zero in the padded dims (so they stay exactly zero); None stays None."""
+    if bias is None:
+        return None
+    J, Dout = bias.shape
+    b = bias.new_zeros(J, P)
+    b[:, :Dout] = bias
+    return b
 
 
-def _forward(u: Tensor, weight: Tensor, iters: int, eps: float) -> Tensor:
+def _call(direction: str, dtype: torch.dtype, abi: int = 2):
+    """The kernel's entry point: ABI 2 (Sabour's squash, no bias) or ABI 3 (a bias and the squash kind)."""
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    return getattr(_lib, f"capslib_route_{direction}{'3' if abi == 3 else ''}_{suffix}")
+
+
+def _forward(u: Tensor, weight: Tensor, iters: int, eps: float, bias: Optional[Tensor] = None,
+             squash: int = 0) -> Tensor:
     n, K, Din = u.shape
     _, J, Dout, _ = weight.shape
     wt = _kernel_weight(weight)  # (K, J, Din, P)
     P = wt.shape[-1]
     v = u.new_empty(n, J, P)
-    fn = _call("forward", u.dtype)
-    _run_split(fn, n, lambda n0, n1: (_ptr(u), _ptr(wt), _ptr(v), n0, n1, K, J, Din, P, iters, eps))
+    if bias is None and squash == 0:  # the default: the ABI 2 entry point, as before the remedies
+        fn = _call("forward", u.dtype)
+        _run_split(fn, n, lambda n0, n1: (_ptr(u), _ptr(wt), _ptr(v), n0, n1, K, J, Din, P, iters, eps))
+    else:
+        kb = _kernel_bias(bias, P)
+        b_ptr = None if kb is None else _ptr(kb)
+        fn = _call("forward", u.dtype, 3)
+        _run_split(fn, n, lambda n0, n1: (_ptr(u), _ptr(wt), b_ptr, _ptr(v), n0, n1, K, J, Din, P, iters, eps,
+                                          squash))
     return v[..., :Dout] if P != Dout else v
 
 
-def _backward(u: Tensor, weight: Tensor, g_v: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
+def _backward(u: Tensor, weight: Tensor, g_v: Tensor, iters: int, eps: float, bias: Optional[Tensor] = None,
+              squash: int = 0, bias_grad: bool = False) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """grad u, grad weight and (``bias_grad``) grad bias, summed over problems and routing iterations."""
     n, K, Din = u.shape
     _, J, Dout, _ = weight.shape
     wt = _kernel_weight(weight)
@@ -283,40 +320,57 @@ def _backward(u: Tensor, weight: Tensor, g_v: Tensor, iters: int, eps: float) ->
     g_u = torch.empty_like(u)
     threads = max(1, min(torch.get_num_threads(), n))
     g_wt = wt.new_zeros(threads, *wt.shape)  # one (K, J, Din, P) accumulator per thread, summed below
-    fn = _call("backward", u.dtype)
     bounds = [n * i // threads for i in range(threads + 1)]
+    if bias is None and squash == 0:  # the default: the ABI 2 entry point, as before the remedies
+        fn, g_b = _call("backward", u.dtype), None
 
-    def args_of(n0: int, n1: int):
-        slot = bounds.index(n0)
-        return (_ptr(u), _ptr(wt), _ptr(g_v), _ptr(g_u), _ptr(g_wt[slot]), n0, n1, K, J, Din, P, iters, eps)
+        def args_of(n0: int, n1: int):
+            slot = bounds.index(n0)
+            return (_ptr(u), _ptr(wt), _ptr(g_v), _ptr(g_u), _ptr(g_wt[slot]), n0, n1, K, J, Din, P, iters, eps)
+    else:
+        kb = _kernel_bias(bias, P)
+        b_ptr = None if kb is None else _ptr(kb)
+        g_b = wt.new_zeros(threads, J, P) if bias is not None and bias_grad else None  # per thread, as g_wt
+        fn = _call("backward", u.dtype, 3)
+
+        def args_of(n0: int, n1: int):
+            slot = bounds.index(n0)
+            return (_ptr(u), _ptr(wt), b_ptr, _ptr(g_v), _ptr(g_u), _ptr(g_wt[slot]),
+                    None if g_b is None else _ptr(g_b[slot]), n0, n1, K, J, Din, P, iters, eps, squash)
 
     _run_split(fn, n, args_of)
     g_wt = g_wt.sum(dim=0) if threads > 1 else g_wt[0]
-    return g_u, g_wt[..., :Dout].transpose(-1, -2).contiguous()
+    if g_b is not None:
+        g_b = (g_b.sum(dim=0) if threads > 1 else g_b[0])[:, :Dout].contiguous()
+    return g_u, g_wt[..., :Dout].transpose(-1, -2).contiguous(), g_b
 
 
 class _FusedRouting(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u: Tensor, weight: Tensor, iters: int, eps: float) -> Tensor:
+    def forward(ctx, u: Tensor, weight: Tensor, iters: int, eps: float, bias: Optional[Tensor] = None,
+                squash: int = 0) -> Tensor:
         u, weight = u.contiguous(), weight.contiguous()
-        ctx.iters, ctx.eps = iters, eps
-        ctx.save_for_backward(u, weight)
-        return _forward(u, weight, iters, eps)
+        ctx.iters, ctx.eps, ctx.squash = iters, eps, squash
+        ctx.save_for_backward(u, weight, bias)
+        return _forward(u, weight, iters, eps, bias, squash)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_v: Tensor):
-        u, weight = ctx.saved_tensors
-        g_u, g_w = _backward(u, weight, g_v, ctx.iters, ctx.eps)
-        return g_u, g_w, None, None
+        u, weight, bias = ctx.saved_tensors
+        g_u, g_w, g_b = _backward(u, weight, g_v, ctx.iters, ctx.eps, bias, ctx.squash,
+                                  bias_grad=ctx.needs_input_grad[4])
+        return g_u, g_w, None, None, g_b, None
 
 
-def route(u: Tensor, weight: Tensor, iters: int, eps: float) -> Tensor:
+def route(u: Tensor, weight: Tensor, iters: int, eps: float, bias: Optional[Tensor] = None,
+          squash_fn: str = "sabour") -> Tensor:
     """Parents v (n, J, Dout) of children u (n, K, Din) through weight (K, J, Dout, Din).
 
     Equal, to floating-point rounding, to ``dynamic_routing(capsule_votes(u, weight), iters,
-    eps=eps)[0]``; differentiable in u and weight. CPU float32/float64 only: call :func:`usable`
-    first.
+    eps=eps, bias=bias, squash_fn=squash_fn)[0]``; differentiable in u, weight and bias. ``bias``: None,
+    or a parent bias (J, Dout) in u's dtype, added to s_j before the squash in every iteration;
+    ``squash_fn``: a key of :data:`SQUASHES`. CPU float32/float64 only: call :func:`usable` first.
     """
     if iters < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iters}")
@@ -327,9 +381,29 @@ def route(u: Tensor, weight: Tensor, iters: int, eps: float) -> Tensor:
         raise ValueError(f"route: u is {u.dtype} but weight is {weight.dtype}")
     if weight.shape[2] > MAX_DIMS:
         raise ValueError(f"route: the fused kernel takes votes of at most {MAX_DIMS} dims, got {weight.shape[2]}")
+    if squash_fn not in SQUASHES:
+        raise ValueError(f"route: the fused kernel's squash_fn is one of {tuple(SQUASHES)}, got {squash_fn!r}")
+    if bias is not None:
+        if tuple(bias.shape) != tuple(weight.shape[1:3]):
+            raise ValueError(f"route: bias must be (J, Dout) = {tuple(weight.shape[1:3])}, got {tuple(bias.shape)}")
+        if bias.dtype != u.dtype:
+            raise ValueError(f"route: u is {u.dtype} but bias is {bias.dtype}")
     if _load() is None:
         raise RuntimeError(status())
-    return _FusedRouting.apply(u, weight, iters, float(eps))
+    squash = SQUASHES[squash_fn]
+    if (bias is not None or squash) and _abi < 3:
+        raise RuntimeError(f"route: this kernel build (ABI {_abi}) routes without bias and with Sabour's squash only")
+    return _FusedRouting.apply(u, weight, iters, float(eps), bias, squash)
+
+
+def _squash_factor(q: float, eps: float, squash_fn: str, dtype: torch.dtype) -> tuple[float, float]:
+    """The kernel's squash factor f(q) and its derivative f'(q) (v = f(|s|^2) s) in ``dtype``: for the tests."""
+    if _load() is None or _abi < 3:
+        raise RuntimeError(status())
+    out = torch.empty(2, dtype=dtype)
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    getattr(_lib, f"capslib_squash_factor_{suffix}")(q, eps, SQUASHES[squash_fn], _ptr(out))
+    return out[0].item(), out[1].item()
 
 
 def main() -> int:

@@ -18,6 +18,7 @@ from ...experiments.results import read_store_csv
 from ..collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
 from ..criterion_runs import criterion_table, rebuilt_short, rebuilt_table, rule_text
 from ..params import RUNS_PROFILE
+from ..remedies_runs import deep_claim
 from ..study_points import arm_outcomes, outcomes_text, point_outcomes
 from .collapse import depth_limit_table, load_depth_limits
 
@@ -523,6 +524,35 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         title="Hypothesis H (ours): the cliff is the init length map; an init chosen from it trains deeper, "
               "unpruned",
         decided_in=_DECISIVE_RUNS))
+
+    # --- 9. The companion's: CapsNet[20, 8, 30] trains without pruning ------------------------------
+    d = deep_claim(root, runs_profile)
+    names = {k: ", ".join(d[k]) or "none" for k in ("trains", "fails", "running", "not run yet")}
+    out.append(Verdict(
+        claim=f"(This companion's) CapsNet[20, 8, {d['I']}] trains without pruning: at least one remedy for vanishing "
+              f"activations keeps every seed above {d['threshold']:g} % test accuracy",
+        source="this companion's remedies study",
+        paper=f"not a claim of the paper, whose Table 5 gives 6 as CapsNet[20, 8]'s maximum depth without pruning "
+              f"and which reaches depth only by pruning",
+        verdict=grade(supported=d["supported"], n_seeds=min(d["seeds"], d["control_seeds"]),
+                      control_seen=d["control_seeds"] > 0, scale="full"),
+        evidence=(f"At I = {d['I']}, test accuracy per seed: {d['evidence']} ({budget(runs_profile)}). Control: "
+                  f"{d['control_text']}."),
+        breakdown=(("Remedies that train it", names["trains"]), ("Remedies that do not", names["fails"]),
+                   ("Not run yet, or fewer than three seeds", ", ".join(x for x in (names["not run yet"],
+                                                                               names["running"]) if x != "none")
+                    or "none")),
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, {d['I']}], {budget(runs_profile)}",
+        seeds=min(d["seeds"], d["control_seeds"]),
+        control="The unremedied net (std 0.5 everywhere) at the cliff, which sits at chance (claim 1): each remedy "
+                "changes one thing of it, so a remedy that trains at depth is what makes the difference.",
+        would_change=(f"Decided by the I = {d['I']} rows (`results/remedies_deep/{runs_profile}.csv`; the length-map "
+                      f"init's in `results/collapse_h/{runs_profile}.csv`), ≥ {MIN_SEEDS} seeds each: reproduced while "
+                      f"one remedy is above {d['threshold']:g} % in every seed; not reproduced if none is. One epoch "
+                      "decides whether a net learns at all, not which remedy is best."),
+        details={k: d[k] for k in ("supported", "trains", "fails", "running", "not run yet", "threshold")},
+        title=f"CapsNet[20, 8, {d['I']}] trains without pruning (ours)",
+        decided_in=("deep", "Accuracy against depth", "Deep: accuracy against depth")))
     return out
 
 

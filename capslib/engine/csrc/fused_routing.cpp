@@ -5,7 +5,13 @@
 // (child, parent):
 //
 //     u_hat[j, k, :] = W[k, j] u[n, k]                      votes, (J, K, Dout)
-//     c = softmax_j(b),  s_j = sum_k c_jk u_hat[j, k],  v_j = squash(s_j),  b_jk += u_hat[j, k] . v_j
+//     c = softmax_j(b),  s_j = sum_k c_jk u_hat[j, k] (+ bias_j),  v_j = squash(s_j),  b_jk += u_hat[j, k] . v_j
+//
+// with two remedies of capslib.routing.dynamic_routing, both off by default: a parent bias (J, Dout)
+// added to s_j before the squash of every iteration (ModelConfig.squash_bias), and the squash either
+// Sabour et al.'s, f(q) s with f(q) = q / ((1 + q) sqrt(q + eps)), or Efficient-CapsNet's,
+// f(q) s with f(q) = (1 - e^-n) / n, n = sqrt(q + eps) (ModelConfig.squash_fn = "efficient"); q = |s|^2.
+// Without a bias and with Sabour's squash the kernel runs exactly the ops it ran before the remedies.
 //
 // The PyTorch path materialises u_hat for the whole batch (4 MB per image per ConvCaps layer of
 // CapsNet[20, 8, I]) and streams it from main memory 6 times in the forward pass and about 14 times
@@ -20,15 +26,20 @@
 //
 // Every hot loop runs over the Dout dims of one vote as one SIMD vector (GCC/Clang vector
 // extensions: no intrinsics, any x86-64 or ARM target). The caller pads Dout to P in {4, 8, 16,
-// 32} with zero rows of W; zero components stay exactly zero through votes, squash and all
-// gradients, so padding changes no number.
+// 32} with zero rows of W (and zeros in the bias); zero components stay exactly zero through votes,
+// bias, squash and all gradients, so padding changes no number.
 //
 // Plain C ABI (called through ctypes, which releases the GIL): the caller splits the problems
 // [0, n) into ranges and calls one range per thread; every call owns its workspace, and the
-// backward pass accumulates grad W into a per-call buffer that the caller sums.
+// backward pass accumulates grad W (and grad bias) into per-call buffers that the caller sums.
 // Layouts (all contiguous, row-major; P = padded Dout):
 //   u   (n, K, Din)        Wt (K, J, Din, P) = W (K, J, Dout, Din) transposed per matrix, padded
 //   v   (n, J, P)          gv (n, J, P)          gu (n, K, Din)       gWt (K, J, Din, P)
+//   bias (J, P) or null, zero in the padded dims    gbias (J, P) or null: += sum over problems and iterations of
+//   grad s_j (the bias enters every iteration's s_j)
+// ABI 3 (capslib_route_*3_*) takes the bias and the squash kind (kSabour, kEfficient). The ABI 2 entry
+// points (no bias, Sabour's squash) stay, and the default path calls them, so capslib.engine.fused_routing
+// drives a kernel built from an older source (ABI 2, as benchmarks/bench_wide_votes.py builds) as well.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -178,6 +189,23 @@ struct Vec<T, P, false> {
   }
 };
 
+enum Squash { kSabour = 0, kEfficient = 1 };
+
+// S(n) = sum_m 2 (-1)^m (m + 1) / (m + 2)! n^m = 1 - 2n/3 + n^2/4 - n^3/15 + ..., the series of Efficient-
+// CapsNet's f'(q) = -S(n) / (4n) (see Router::squash_df); kSeries[m] is its coefficient of n^m.
+constexpr int kSeriesTerms = 16;  // the first term left out is < 1e-19 of S at n = 1/2
+struct SeriesTable {
+  double c[kSeriesTerms];
+  constexpr SeriesTable() : c() {
+    double fact = 2;  // (m + 2)!
+    for (int m = 0; m < kSeriesTerms; ++m) {
+      c[m] = (m % 2 ? -2.0 : 2.0) * (m + 1) / fact;
+      fact *= m + 3;
+    }
+  }
+};
+constexpr SeriesTable kSeries;
+
 template <typename T, int P>
 struct Router {
   typedef typename Vec<T, P>::type V;  // one vote: P dims as SIMD values
@@ -189,8 +217,11 @@ struct Router {
   int64_t K, J;
   int din, iters;
   T eps;
+  const T* bias;  // (J, P) parent bias added to every s_j, or null
+  int squash;     // kSabour or kEfficient
 
-  Router(int64_t K_, int64_t J_, int din_, int iters_, T eps_) : K(K_), J(J_), din(din_), iters(iters_), eps(eps_) {}
+  Router(int64_t K_, int64_t J_, int din_, int iters_, T eps_, const T* bias_, int squash_)
+      : K(K_), J(J_), din(din_), iters(iters_), eps(eps_), bias(bias_), squash(squash_) {}
 
   int64_t vote_size() const { return J * K * P; }
 
@@ -282,15 +313,39 @@ struct Router {
     }
   }
 
-  // squash factor f(q) = q / ((1 + q) sqrt(q + eps)) of q = |s|^2, and f'(q).
-  inline T squash_f(T q) const { return q / ((T(1) + q) * std::sqrt(q + eps)); }
+  // squash factor f(q) of q = |s|^2 (v = f(q) s), and f'(q).
+  // Sabour: f(q) = q / ((1 + q) sqrt(q + eps)).
+  // Efficient: f(q) = (1 - e^-n) / n with n = sqrt(q + eps), as capslib.routing.efficient_squash:
+  // -expm1(-n) / n, every digit of a short n kept.
+  inline T squash_f(T q) const {
+    if (squash == kEfficient) {
+      const T n = std::sqrt(q + eps);
+      return -std::expm1(-n) / n;
+    }
+    return q / ((T(1) + q) * std::sqrt(q + eps));
+  }
+  // Efficient: dn/dq = 1 / (2n) and df/dn = (n e^-n - (1 - e^-n)) / n^2, so
+  //     f'(q) = (n e^-n - (1 - e^-n)) / (2 n^3).
+  // As n -> 0 the numerator (1 + n) e^-n - 1 = -n^2/2 + n^3/3 - n^4/8 + ... is the difference of two numbers
+  // near n (relative rounding error ~ 2 ulp / n: all of float32's digits at n ~ 1e-7), so below n = 1/2 it
+  // is the series: (1 + n) e^-n - 1 = sum_{k>=2} (-1)^k (1 - k) / k! n^k, i.e. f'(q) = -S(n) / (4n), S of
+  // kSeries, by Horner (no cancellation: S(n) in [0.7, 1] there). Above 1/2 the closed form loses a few ulp at most.
   inline T squash_df(T q) const {
+    if (squash == kEfficient) {
+      const T n = std::sqrt(q + eps);
+      if (n < T(0.5)) {
+        T S = T(kSeries.c[kSeriesTerms - 1]);
+        for (int m = kSeriesTerms - 2; m >= 0; --m) S = S * n + T(kSeries.c[m]);
+        return -S / (T(4) * n);
+      }
+      return (n * std::exp(-n) + std::expm1(-n)) / (T(2) * n) / (n * n);
+    }
     T a = T(1) / ((T(1) + q) * std::sqrt(q + eps));
     return a * (T(1) - q / (T(1) + q) - q / (T(2) * (q + eps)));
   }
 
   // Routing of one problem with votes uh (J, K, P). Writes v_out (J, P). If cs/ss/vs are given
-  // (backward), saves c_r (J, K), s_r and v_r (J, P) of every iteration r.
+  // (backward), saves c_r (J, K), s_r (with the bias) and v_r (J, P) of every iteration r.
   void route(const T* __restrict uh, T* __restrict v_out, T* __restrict bl, T* __restrict c,
              T* __restrict mx, T* __restrict sm, T* cs, T* ss, T* vs) const {
     const int64_t JK = J * K;
@@ -305,7 +360,8 @@ struct Router {
       const bool last = r == iters - 1;
       for (int64_t j = 0; j < J; ++j) {
         const T* uj = uh + j * K * P;
-        const V s = weighted_sum(cr + j * K, uj);
+        V s = weighted_sum(cr + j * K, uj);
+        if (bias) s += ld(bias + j * P);  // s_j + b_j before every squash
         const V v = squash_f(hsum(s * s)) * s;
         if (ss) st(ss + (r * J + j) * P, s);
         st(vs ? vs + (r * J + j) * P : v_out + j * P, v);
@@ -332,10 +388,11 @@ struct Router {
     }
   }
 
-  // Gradient of one problem's routing: guh (J, K, P) from gv (J, P) and the saved iterations.
+  // Gradient of one problem's routing: guh (J, K, P) from gv (J, P) and the saved iterations; adds
+  // every iteration's grad s to gbias (J, P) if given (s_j = sum_k c_jk u_hat[j, k] + b_j).
   void route_backward(const T* __restrict uh, const T* __restrict gv, const T* __restrict cs,
                       const T* __restrict ss, const T* __restrict vs, T* __restrict guh,
-                      T* __restrict gbn, T* __restrict gc, T* __restrict tmp) const {
+                      T* __restrict gbn, T* __restrict gc, T* __restrict tmp, T* __restrict gbias) const {
     const int64_t JK = J * K;
     for (int r = iters - 1; r >= 0; --r) {
       const T* cr = cs + r * JK;
@@ -367,6 +424,7 @@ struct Router {
         const V s = ld(ss + (r * J + j) * P);
         const T q = hsum(s * s), sg = hsum(s * g_v);
         const V g_s = squash_f(q) * g_v + (T(2) * squash_df(q) * sg) * s;
+        if (gbias) st(gbias + j * P, ld(gbias + j * P) + g_s);
         // s_j = sum_k c_jk u_hat[j, k]: grad u_hat += c_jk g_s; dL/dc_jk = u_hat[j, k] . g_s
         const T* cj = cr + j * K;
         T* gcj = gc + j * K;
@@ -389,7 +447,7 @@ struct Router {
     }
   }
 
-  void backward(const T* u, const T* Wt, const T* gv, T* gu, T* gWt, int64_t n0, int64_t n1) const {
+  void backward(const T* u, const T* Wt, const T* gv, T* gu, T* gWt, T* gbias, int64_t n0, int64_t n1) const {
     const int64_t nb_max = block(n1 - n0), vs_ = vote_size(), JK = J * K, JS = (int64_t)din * P;
     std::vector<T> uh(nb_max * vs_), guh(nb_max * vs_), bl(JK), c(JK), mx(K), sm(K);
     std::vector<T> cs(iters * JK), ss(iters * J * P), vsv(iters * J * P), v(J * P);
@@ -401,7 +459,7 @@ struct Router {
         const T* uhb = uh.data() + b * vs_;
         route(uhb, v.data(), bl.data(), c.data(), mx.data(), sm.data(), cs.data(), ss.data(), vsv.data());
         route_backward(uhb, gv + (n + b) * J * P, cs.data(), ss.data(), vsv.data(), guh.data() + b * vs_,
-                       gbn.data(), gc.data(), tmp.data());
+                       gbn.data(), gc.data(), tmp.data(), gbias);
       }
       // u_hat[j, k] = W[k, j] u[k]:  gWt[k, j, e] += sum_b u_b[k, e] g_bj;  gu_b[k, e] = sum_j Wt[k, j, e] . g_bj
       // (g_bj = grad u_hat of problem b, parent j, child k). grad W sums over the block in registers;
@@ -466,50 +524,89 @@ struct Router {
 };
 
 template <typename T, int P>
-void run(int fwd, const T* u, const T* Wt, const T* gv, T* out, T* gWt, int64_t n0, int64_t n1, int64_t K,
-         int64_t J, int din, int iters, double eps) {
-  Router<T, P> R(K, J, din, iters, static_cast<T>(eps));
+void run(int fwd, const T* u, const T* Wt, const T* bias, const T* gv, T* out, T* gWt, T* gbias, int64_t n0,
+         int64_t n1, int64_t K, int64_t J, int din, int iters, double eps, int squash) {
+  Router<T, P> R(K, J, din, iters, static_cast<T>(eps), bias, squash);
   if (fwd)
     R.forward(u, Wt, out, n0, n1);
   else
-    R.backward(u, Wt, gv, out, gWt, n0, n1);
+    R.backward(u, Wt, gv, out, gWt, gbias, n0, n1);
 }
 
 template <typename T>
-int dispatch(int fwd, const T* u, const T* Wt, const T* gv, T* out, T* gWt, int64_t n0, int64_t n1, int64_t K,
-             int64_t J, int din, int P, int iters, double eps) {
+int dispatch(int fwd, const T* u, const T* Wt, const T* bias, const T* gv, T* out, T* gWt, T* gbias, int64_t n0,
+             int64_t n1, int64_t K, int64_t J, int din, int P, int iters, double eps, int squash) {
   if (din < 1 || iters < 1 || K < 1 || J < 1 || n0 < 0 || n1 < n0) return 1;
+  if (squash != kSabour && squash != kEfficient) return 3;
+#define CAPSLIB_RUN(PP) run<T, PP>(fwd, u, Wt, bias, gv, out, gWt, gbias, n0, n1, K, J, din, iters, eps, squash)
   switch (P) {
-    case 4: run<T, 4>(fwd, u, Wt, gv, out, gWt, n0, n1, K, J, din, iters, eps); return 0;
-    case 8: run<T, 8>(fwd, u, Wt, gv, out, gWt, n0, n1, K, J, din, iters, eps); return 0;
-    case 16: run<T, 16>(fwd, u, Wt, gv, out, gWt, n0, n1, K, J, din, iters, eps); return 0;
-    case 32: run<T, 32>(fwd, u, Wt, gv, out, gWt, n0, n1, K, J, din, iters, eps); return 0;
+    case 4: CAPSLIB_RUN(4); return 0;
+    case 8: CAPSLIB_RUN(8); return 0;
+    case 16: CAPSLIB_RUN(16); return 0;
+    case 32: CAPSLIB_RUN(32); return 0;
     default: return 2;  // the caller pads Dout to a power of two in [4, 32]
   }
+#undef CAPSLIB_RUN
 }
 
 }  // namespace
 
 extern "C" {
 
-int capslib_routing_abi_version() { return 2; }
+int capslib_routing_abi_version() { return 3; }
 
+// ABI 2: Sabour's squash, no bias.
 int capslib_route_forward_f32(const float* u, const float* Wt, float* v, int64_t n0, int64_t n1, int64_t K,
                               int64_t J, int din, int P, int iters, double eps) {
-  return dispatch<float>(1, u, Wt, nullptr, v, nullptr, n0, n1, K, J, din, P, iters, eps);
+  return dispatch<float>(1, u, Wt, nullptr, nullptr, v, nullptr, nullptr, n0, n1, K, J, din, P, iters, eps, kSabour);
 }
 int capslib_route_forward_f64(const double* u, const double* Wt, double* v, int64_t n0, int64_t n1, int64_t K,
                               int64_t J, int din, int P, int iters, double eps) {
-  return dispatch<double>(1, u, Wt, nullptr, v, nullptr, n0, n1, K, J, din, P, iters, eps);
+  return dispatch<double>(1, u, Wt, nullptr, nullptr, v, nullptr, nullptr, n0, n1, K, J, din, P, iters, eps,
+                          kSabour);
 }
 int capslib_route_backward_f32(const float* u, const float* Wt, const float* gv, float* gu, float* gWt, int64_t n0,
                                int64_t n1, int64_t K, int64_t J, int din, int P, int iters, double eps) {
-  return dispatch<float>(0, u, Wt, gv, gu, gWt, n0, n1, K, J, din, P, iters, eps);
+  return dispatch<float>(0, u, Wt, nullptr, gv, gu, gWt, nullptr, n0, n1, K, J, din, P, iters, eps, kSabour);
 }
 int capslib_route_backward_f64(const double* u, const double* Wt, const double* gv, double* gu, double* gWt,
                                int64_t n0, int64_t n1, int64_t K, int64_t J, int din, int P, int iters,
                                double eps) {
-  return dispatch<double>(0, u, Wt, gv, gu, gWt, n0, n1, K, J, din, P, iters, eps);
+  return dispatch<double>(0, u, Wt, nullptr, gv, gu, gWt, nullptr, n0, n1, K, J, din, P, iters, eps, kSabour);
+}
+
+// ABI 3: bias (J, P) or null; gbias (J, P) or null (accumulated into); squash = kSabour or kEfficient.
+int capslib_route_forward3_f32(const float* u, const float* Wt, const float* bias, float* v, int64_t n0,
+                               int64_t n1, int64_t K, int64_t J, int din, int P, int iters, double eps,
+                               int squash) {
+  return dispatch<float>(1, u, Wt, bias, nullptr, v, nullptr, nullptr, n0, n1, K, J, din, P, iters, eps, squash);
+}
+int capslib_route_forward3_f64(const double* u, const double* Wt, const double* bias, double* v, int64_t n0,
+                               int64_t n1, int64_t K, int64_t J, int din, int P, int iters, double eps,
+                               int squash) {
+  return dispatch<double>(1, u, Wt, bias, nullptr, v, nullptr, nullptr, n0, n1, K, J, din, P, iters, eps, squash);
+}
+int capslib_route_backward3_f32(const float* u, const float* Wt, const float* bias, const float* gv, float* gu,
+                                float* gWt, float* gbias, int64_t n0, int64_t n1, int64_t K, int64_t J, int din,
+                                int P, int iters, double eps, int squash) {
+  return dispatch<float>(0, u, Wt, bias, gv, gu, gWt, gbias, n0, n1, K, J, din, P, iters, eps, squash);
+}
+int capslib_route_backward3_f64(const double* u, const double* Wt, const double* bias, const double* gv,
+                                double* gu, double* gWt, double* gbias, int64_t n0, int64_t n1, int64_t K,
+                                int64_t J, int din, int P, int iters, double eps, int squash) {
+  return dispatch<double>(0, u, Wt, bias, gv, gu, gWt, gbias, n0, n1, K, J, din, P, iters, eps, squash);
+}
+
+// f(q) and f'(q) of a squash (out[0], out[1]), as the kernel computes them: for the tests.
+void capslib_squash_factor_f32(float q, double eps, int squash, float* out) {
+  const Router<float, 4> R(1, 1, 1, 1, static_cast<float>(eps), nullptr, squash);
+  out[0] = R.squash_f(q);
+  out[1] = R.squash_df(q);
+}
+void capslib_squash_factor_f64(double q, double eps, int squash, double* out) {
+  const Router<double, 4> R(1, 1, 1, 1, eps, nullptr, squash);
+  out[0] = R.squash_f(q);
+  out[1] = R.squash_df(q);
 }
 
 }  // extern "C"
