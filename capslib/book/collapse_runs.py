@@ -208,10 +208,13 @@ def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
     return view
 
 
-def runs_footer(rows: pd.DataFrame, profile: str, note: Optional[str] = None) -> str:
-    """Provenance line for the decisive runs, or where they will appear while there are none."""
+def runs_footer(rows: pd.DataFrame, profile: str, note: Optional[str] = None,
+                stores: Optional[str] = None) -> str:
+    """Provenance line for the decisive runs, or where they will appear while there are none (``stores``:
+    where they will appear, as Markdown; default the collapse store)."""
     if rows.empty:
-        return (f"*Provenance:* no rows in `results/collapse/{profile}.csv` yet: every point is a run in progress "
+        stores = stores or f"`results/collapse/{profile}.csv`"
+        return (f"*Provenance:* no rows in {stores} yet: every point is a run in progress "
                 "(nothing on this table is a measurement).")
     from .plots import provenance_text
 

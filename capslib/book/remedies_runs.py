@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from ..experiments.grids import COLLAPSE
 from ..experiments.results import read_store_csv
 from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, final_rows, results_root
+from .collapse_runs import runs_footer as _collapse_footer
 from .plots import FONT, PAGE_WIDTH_IN, book_figsize, integer_ticks, legend_outside, provenance_text, wrap_title
 from .study_points import H_PREDICTIONS, point_outcomes
 from .tables import footer_rows
@@ -421,10 +422,8 @@ def deep_rows(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.Dat
 
 def runs_footer(rows: pd.DataFrame, profile: str, note: Optional[str] = None) -> str:
     """Provenance line for the runs, or where they will appear while there are none."""
-    if rows.empty:
-        return (f"*Provenance:* no rows in `results/remedies/{profile}.csv` or `results/remedies_deep/{profile}.csv` "
-                "yet: every point is a run in progress (nothing on this table is a measurement).")
-    return provenance_text(footer_rows(rows), note=note)
+    stores = f"`results/remedies/{profile}.csv` or `results/remedies_deep/{profile}.csv`"
+    return _collapse_footer(rows, profile, note, stores=stores)
 
 
 def accuracy_vs_depth_figure(outcomes: pd.DataFrame, title: Optional[str] = None) -> Figure:
