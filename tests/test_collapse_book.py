@@ -318,3 +318,39 @@ def test_rescue_is_explained_by_each_control_that_trains(tmp_path, narrow_acc, b
                     limits=collapse_ch.depth_limit_table(pd.DataFrame()))
     assert v[1].verdict.startswith(expected), v[1].verdict
     assert v[1].seeds == 3
+
+
+@pytest.mark.parametrize("plateau_acc, expected", [
+    (0.099, "not reproduced"),  # every stage at a plateau: the pruned net sits at chance in every seed
+    (0.80, "explained by fewer capsule types C'"),  # it trains at both budgets: the one-epoch grade stands
+])
+def test_rescue_is_graded_at_both_budgets(tmp_path, plateau_acc, expected):
+    """The rescue holds only if the pruned net trains after one epoch and with every stage at a plateau; the
+    plateau rows (``collapse_plateau``) decide the second, and the channel-selection arms are reported."""
+    pts = [collapse_runs.CollapsePoint("C20 I=6 (L-1)", 20, 8, 6, 0.0, 0.5, "collapse", "control"),
+           collapse_runs.CollapsePoint("C20 I=7 (L)", 20, 8, 7, 0.0, 0.5, "collapse", "test"),
+           collapse_runs.CollapsePoint("C'=15 from scratch I=7 (same-width control)", 15, 8, 7, 0.0, 0.5, "rescue",
+                                       "control"),
+           collapse_runs.CollapsePoint("CCM+CHIP PR 0.25 (C'=15) I=7", 20, 8, 7, 0.25, 0.5, "rescue", "test")]
+    accs = dict(zip([p.label for p in pts], (0.7, 0.1, 0.7, 0.6)))
+    rows = [{"status": "ok", "stage": "train", "kind": "train", "seed": seed, "label": p.label, "model.C": p.C,
+             "model.D": p.D, "model.I": p.I, "model.init_std": p.std, "pr": p.pr, "test_acc": accs[p.label]}
+            for p in pts for seed in range(3)]
+    plateau = [{"status": "ok", "kind": "prune", "stage": stage, "seed": seed, "label": label, "epochs_run": 4,
+                "test_acc": acc if stage == "retrain" else base}
+               for seed, base in enumerate((0.826, 0.842, 0.848))
+               for label, acc in (("plateau: CCM+CHIP PR 0.25 I=7", plateau_acc),
+                                  ("plateau: PR 0.25 random channels I=7", 0.099))
+               for stage in ("base", "ccm", "retrain")]
+    (tmp_path / "collapse_plateau").mkdir()
+    pd.DataFrame(plateau).to_csv(tmp_path / "collapse_plateau" / "cpu.csv", index=False)
+    v = verdicts_ch.verdicts("cpu", tmp_path, summary=collapse_runs.run_summary(pd.DataFrame(rows), pts),
+                             limits=collapse_ch.depth_limit_table(pd.DataFrame()))[1]
+    assert v.verdict.startswith(expected), v.verdict
+    parts = dict(v.breakdown)
+    shown = parts["What the rows show"]
+    assert "base 82.6–84.8 %" in shown
+    assert ("sits at chance (9.9 ± 0.0 %, 3 seeds)" in shown) == (plateau_acc < 0.2)
+    assert "random channels I=7: 9.9 ± 0.0 % over 3 seeds (3 at chance" in parts["Which channels"]
+    assert ("Every choice sits at chance" in parts["Which channels"]) == (plateau_acc < 0.2)
+    assert parts["What is untested"].startswith("PR 0.125 and 0.375 at the plateau")

@@ -29,6 +29,7 @@ from capslib.book import claims, collapse_runs, frontpage
 from capslib.book.chapters import collapse as collapse_ch
 from capslib.book.chapters import verdicts as verdicts_ch
 from capslib.book.site import BookBuildError
+from capslib.book.study_points import point_outcomes
 
 ROOT = book.REPO_ROOT
 
@@ -315,8 +316,15 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
     assert "collapse of deep CapsNets is reproduced" in text and collapse.verdict == "reproduced"
     assert "Its mechanism is a cliff in the capsule lengths at initialisation" in text and collapse.mechanism
     assert "in float64 too" in text and h.details["float64_beyond_collapses"] is True
-    assert 'The pruning "rescue" does not need pruning' in text
-    assert rescue.verdict.startswith("explained by fewer capsule types") and "trained backbone" in rescue.verdict
+    assert 'The pruning "rescue" is not reproduced' in text and rescue.verdict == "not reproduced"
+    plateau = {r.label: r for r in point_outcomes("collapse_plateau", "cpu").itertuples()}
+    chip = plateau["plateau: CCM+CHIP PR 0.25 I=7"]
+    assert "sits at chance in all three seeds" in text and chip.seeds == 3 and chip.at_chance == 3
+    arms = [r for label, r in plateau.items() if label.startswith("plateau: PR 0.25")]
+    assert "so do random channels, the highest-CI channels removed and CHIP without CCM" in text
+    assert len(arms) == 3 and all(r.seeds == 3 and r.at_chance == 3 for r in arms)
+    narrow = plateau["plateau: C'=15 from scratch I=7"]
+    assert "reaches 84 %" in text and round(narrow.mean) == 84 and narrow.at_chance == 0
     summary = collapse_runs.run_summary(collapse_runs.load_collapse("cpu"), collapse_runs.collapse_points("cpu"))
     pts = summary[summary["claim"] == "rescue"].set_index("role")
     test_acc = float(pts.loc["test", "test acc (%)"])
@@ -327,7 +335,8 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
     assert "backbone trains too" in text and backbone["collapsed"].startswith("0/")
     assert "trains well past the cliff without pruning" in text and h.details["remedy_trains"] is True
     assert "tested factor by factor" in text and "arms_as_predicted" in h.details
-    assert "whether CHIP's choice of channels matters is still untested" in text
+    assert "none of the three trains CapsNet[20, 8, 30]" in text
+    assert set(deep.details["fails"]) == {"squash bias 0.1", "Efficient-CapsNet squash", "residual ConvCaps"}
     assert "Every other claim stays inconclusive here" in text
     assert all(v.verdict.startswith("inconclusive") for v in others)
     assert "notebooks/verdicts.ipynb" in text and "make book" in text and "make test" in text
@@ -380,3 +389,23 @@ def test_front_page_fragment_holds_table_figure_cost_and_untested(committed):
     assert "{ref}`on the verdict page too <what-did-not-work>`" in md
     verdicts_nb = nbformat.read(ROOT / "notebooks" / "verdicts.ipynb", as_version=4)
     assert any(c.source.startswith("(what-did-not-work)=") for c in verdicts_nb.cells)
+
+
+def test_committed_negatives_list_every_missed_run_prediction_and_the_plateau_rescue():
+    """From the committed rows: every H arm and remedy point that missed its committed prediction is listed
+    (and only those), and the plateau rescue with its channel-selection arms is reported as not working."""
+    from capslib.book.remedies_runs import predicted_vs_trained
+    from capslib.book.study_points import arm_outcomes
+
+    negs = {n.title: n for n in claims.negative_results("cpu")}
+    missed = negs["Run predictions that missed"]
+    arms = arm_outcomes("cpu")
+    rem = predicted_vs_trained(profile="cpu")
+    expected = {*arms.loc[arms["as_predicted"].eq(False), "label"],
+                *(f"{r}, I = {i}" for r, i in zip(rem.loc[rem["status"] == "missed", "remedy"],
+                                                  rem.loc[rem["status"] == "missed", "I"]))}
+    assert set(missed.rows["point"]) == expected and "residual ConvCaps, I = 30" in expected
+    assert f"{len(expected)} training points missed" in missed.text
+    plateau = negs["No channel choice rescued the plateau-trained backbone"]
+    assert len(plateau.rows) == 5 and (plateau.rows["at_chance"] == plateau.rows["seeds"]).all()
+    assert "first Adam step of exactly 0" in plateau.text

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..experiments.results import read_store_csv
 from .chapters.verdicts import Verdict, claim_anchor
+from .collapse_runs import MIN_SEEDS
 from .collapse_runs import DATASET_LABELS, _collapsed, results_root, summary_view
 
 #: The badge class of each verdict category (colours in :data:`_STYLE`).
@@ -192,6 +193,63 @@ def _missed_predictions(limits: pd.DataFrame) -> Optional[Negative]:
     return Negative("Predictions that missed", text, rows, "`results/depth_limits/fmnist.csv`")
 
 
+def _missed_run_predictions(runs_profile: str, root: Path) -> Optional[Negative]:
+    """Training runs whose outcome was predicted in a committed file before they ran, and missed: hypothesis
+    H's arms (``results/collapse/predictions_h.md``) and the remedies (``results/remedies/predictions.md``)."""
+    from .remedies_runs import predicted_vs_trained
+    from .study_points import arm_outcomes
+
+    arms = arm_outcomes(runs_profile, root)
+    arms = arms[arms["as_predicted"].eq(False)]
+    rem = predicted_vs_trained(root, runs_profile)
+    rem = rem[rem["status"] == "missed"]
+    rows = pd.DataFrame({
+        "point": [*arms["label"], *(f"{r}, I = {i}" for r, i in zip(rem["remedy"], rem["I"]))],
+        "predicted": [*arms["predicted"], *rem["prediction"]],
+        "test acc (%) per seed": [*arms["accs"], *rem["accs"]],
+        "observed": [*arms["observed"], *rem["observed"]],
+        "predictions": ["`results/collapse/predictions_h.md`"] * len(arms)
+                       + ["`results/remedies/predictions.md`"] * len(rem)})
+    if rows.empty:
+        return None
+    shown = "; ".join(f"{p}: predicted {pr}, observed {o} ({a} %)" for p, pr, a, o in
+                      zip(rows["point"], rows["predicted"], rows["test acc (%) per seed"], rows["observed"]))
+    text = (f"{len(rows)} training points missed the outcome committed for them before they ran: {shown}. "
+            "Each stays on its own page as missed; none was re-predicted after its rows landed.")
+    return Negative("Run predictions that missed", text, rows,
+                    f"`results/collapse_h/{runs_profile}.csv`, `results/remedies/{runs_profile}.csv`, "
+                    f"`results/remedies_deep/{runs_profile}.csv`")
+
+
+def _plateau_rescue_negative(runs_profile: str, root: Path) -> Optional[Negative]:
+    """The rescue with every stage at a plateau: the prune, the unpruned backbone and every channel-selection
+    arm, when every seed of every one of them sat at chance."""
+    from .study_points import point_outcomes
+
+    out = point_outcomes("collapse_plateau", runs_profile, root)
+    if out.empty:
+        return None
+    lab = out["label"].astype(str)
+    pts = out[lab.str.contains("CCM+CHIP|PR 0.25|pretrained backbone", regex=True)]
+    if len(pts) < 2 or (pts["seeds"] < MIN_SEEDS).any() or (pts["at_chance"] != pts["seeds"]).any():
+        return None
+    from .criterion_runs import criterion_table
+
+    rows = pts[["label", "seeds", "mean", "at_chance", "epochs"]].reset_index(drop=True)
+    crit = criterion_table(root, runs_profile)
+    steps = crit[(crit["study"] == "collapse_plateau") & crit["label"].isin(pts["label"])]["update_max"] \
+        if not crit.empty else pd.Series(dtype=float)
+    step = ("" if steps.empty or steps.isna().any() else
+            "; each started retraining with a first Adam step of exactly 0 (its fit log)" if steps.max() == 0 else
+            f"; the largest first Adam step of their retraining was {steps.max():.2g} (the fit logs)")
+    text = (f"With every stage trained to a plateau, the CCM + CHIP prune at I = 7 and all {len(pts) - 1} of its "
+            f"controls on the same backbones sat at chance in every seed ({', '.join(pts['label'])}): neither "
+            "CHIP's channels, nor random ones, nor the highest-CI ones removed, nor CHIP without CCM, nor no "
+            f"pruning at all revived the net{step}.")
+    return Negative("No channel choice rescued the plateau-trained backbone", text, rows,
+                    f"`results/collapse_plateau/{runs_profile}.csv`")
+
+
 def _rescue_negative(summary: pd.DataFrame, store: str) -> Optional[Negative]:
     """The CCM + CHIP prune against its controls: did which channels CHIP keeps move anything?"""
     pts = summary[(summary["claim"] == "rescue") & (summary["seeds"] > 0)]
@@ -245,7 +303,8 @@ def negative_results(runs_profile: str, root: Optional[str | Path] = None,
     if summary is None:
         summary = run_summary(load_collapse(runs_profile, root), collapse_points(runs_profile))
     found = [_float64_negative(raw, limits, store), _missed_predictions(limits),
-             _rescue_negative(summary, store), _pipeline_stages(raw, store)]
+             _missed_run_predictions(runs_profile, root), _rescue_negative(summary, store),
+             _plateau_rescue_negative(runs_profile, root), _pipeline_stages(raw, store)]
     return [n for n in found if n is not None]
 
 

@@ -23,12 +23,18 @@ H_PREDICTIONS = {"ConvCaps std 0.6 alone": "trains", "class std 0.1 alone": "cha
                  "std 0.8, class std 0.1": "below 50 %", "remedy at I=30": "trains"}
 
 
+def _where(rows: pd.DataFrame) -> str:
+    """The provenance column naming the machine: ``device_name`` (the CPU model or GPU), else ``device``."""
+    return next((c for c in ("device_name", "device") if c in rows), "")
+
+
 def point_outcomes(experiment: str, profile: str = "cpu", root: Optional[str | Path] = None) -> pd.DataFrame:
     """One row per point label of ``experiment``'s store: ``seeds``, ``accs`` (test accuracy % per seed),
-    ``mean``, ``std``, ``at_chance`` (seeds within 2 points of chance), ``epochs`` (runs' epochs, min–max).
+    ``mean``, ``std``, ``at_chance`` (seeds within 2 points of chance), ``epochs`` (runs' epochs, min–max),
+    ``devices`` (where the final stage ran, by the rows' ``device_name``: "AMD EPYC", "NVIDIA H200", …).
     A from-scratch point's row is its train stage; a pipeline point's is its retrain stage."""
     path = results_root(root) / experiment / f"{profile}.csv"
-    cols = ["label", "seeds", "accs", "mean", "std", "at_chance", "epochs"]
+    cols = ["label", "seeds", "accs", "mean", "std", "at_chance", "epochs", "devices"]
     if not path.is_file():
         return pd.DataFrame(columns=cols)
     df = read_store_csv(path)
@@ -44,7 +50,8 @@ def point_outcomes(experiment: str, profile: str = "cpu", root: Optional[str | P
                         std=float(pd.Series(accs).std()) if len(accs) > 1 else math.nan,
                         at_chance=sum(abs(a / 100 - CHANCE) <= CHANCE_BAND for a in accs),
                         epochs=f"{min(epochs)}–{max(epochs)}" if epochs and min(epochs) != max(epochs)
-                        else (str(epochs[0]) if epochs else "")))
+                        else (str(epochs[0]) if epochs else ""),
+                        devices=", ".join(sorted(set(g[_where(g)].dropna().astype(str)))) if _where(g) else ""))
     return pd.DataFrame(out, columns=cols)
 
 
@@ -82,6 +89,7 @@ def outcomes_text(outcomes: pd.DataFrame, what: str) -> str:
     for _, r in outcomes.iterrows():
         sd = "" if pd.isna(r["std"]) else f" ± {r['std']:.1f}"
         ep = f", {r['epochs']} epochs" if r["epochs"] else ""
+        ep += f", on {r['devices']}" if r.get("devices") else ""
         parts.append(f"{r['label']}: {r['mean']:.1f}{sd} % over {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}"
                      f" ({r['at_chance']} at chance{ep})")
     return f"{what}: " + "; ".join(parts)

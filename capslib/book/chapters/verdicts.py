@@ -16,7 +16,7 @@ import pandas as pd
 
 from ...experiments.results import read_store_csv
 from ..collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
-from ..criterion_runs import criterion_table, rebuilt_short, rebuilt_table, rule_text
+from ..criterion_runs import THRESHOLD, criterion_table, rebuilt_short, rebuilt_table, rule_text
 from ..params import RUNS_PROFILE
 from ..remedies_runs import deep_claim
 from ..study_points import arm_outcomes, outcomes_text, point_outcomes
@@ -327,7 +327,14 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         for C_ctrl in sorted(set(int(c) for c in trained["C"])):  # each control that trains: what it changes
             causes.append(_RESCUE_CAUSE_NARROW if C_ctrl != 20 else _RESCUE_CAUSE_BACKBONE)
     base_collapses = f7 == 1.0 if f7 is not None else None
-    supported = None if rescued is None or base_collapses is None else (rescued and base_collapses)
+    plateau_rescued = _plateau_trains(_plateau_of(plateau, "CCM+CHIP"))
+    supported = None if rescued is None or base_collapses is None else (
+        rescued and base_collapses and plateau_rescued is not False)
+    plateau_line = ("" if plateau_rescued is None else
+                    f"; with every stage trained to a plateau ({_plateau_stages_text(root, runs_profile)}) it "
+                    + ("trains too (" if plateau_rescued else "sits at chance (")
+                    + _acc_text(_plateau_of(plateau, "CCM+CHIP"), "plateau: CCM+CHIP") + ")"
+                    + _first_step_text(root, runs_profile, "plateau: CCM+CHIP"))
     out.append(Verdict(
         claim="Pruning at PR 0.125–0.375 rescues CapsNet[C=20, D=8, I=7]",
         source="paper 000, Table 3, Figs. 4–5",
@@ -339,24 +346,30 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                   + outcomes_text(_plateau_of(plateau, ("C'", "CCM", "C20 pretrained", "PR ")),
                                   f"Beside them, {_PLATEAU_BUDGET}") + "."),
         breakdown=(
-            ("What the rows show", "the CCM + CHIP pruned C′ = 15 net trains at I = 7 "
-             f"({_acc_text(one_epoch, 'CCM+CHIP')}) where the unpruned C = 20 net from scratch sits at chance."),
-            ("What they show is sufficient", "fewer capsule types alone: C′ = 15 from scratch "
+            ("What the rows show", f"after one epoch the CCM + CHIP pruned C′ = 15 net trains at I = 7 "
+             f"({_acc_text(one_epoch, 'CCM+CHIP')}) where the unpruned C = 20 net from scratch sits at chance"
+             f"{plateau_line}."),
+            ("What they show is sufficient", "after one epoch, fewer capsule types alone: C′ = 15 from scratch "
              f"({_acc_text(one_epoch, 'C' + chr(39) + '=15')}); the trained backbone alone, unpruned "
              f"({_acc_text(one_epoch, 'C20 pretrained')}{rerun_unpruned}). Removing channels is not needed: pruned − unpruned on "
-             f"the same backbone, paired by seed, {_paired_text(one_epoch, 'CCM+CHIP', 'C20 pretrained')}."),
+             f"the same backbone, paired by seed, {_paired_text(one_epoch, 'CCM+CHIP', 'C20 pretrained')}"
+             + _plateau_sufficient_text(plateau) + "."),
             *((("Before retraining", rebuilt[0].upper() + rebuilt[1:] + "."),) if rebuilt else ()),
-            ("What is untested", _selection_text(plateau)),
+            ("Which channels", _selection_text(plateau)),
+            ("What is untested", _RESCUE_UNTESTED if plateau_rescued is not None else _selection_untested()),
         ),
-        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], {budget(runs_profile)}",
+        scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], {budget(runs_profile)}"
+              + ("; and every stage to a plateau (≤ 10 epochs each)" if plateau_rescued is not None else ""),
         seeds=min(n_t, n_c, n),
         control=f"{_labels(summary, 'rescue', 'control')}: no CHIP selection (a fresh, unpruned CapsNet[C', 8, 7] "
                 "with the C' a prune leaves, and the pretrained backbone kept whole). If they train too, the rescue "
                 "is explained by C' or by the pretrained backbone, not by pruning.",
         would_change=(f"Decided by {store} rows of {_labels(summary, 'rescue', 'test')} and the controls, "
-                      f"≥ {MIN_SEEDS} seeds each: reproduced if the pruned models train and every control "
-                      "collapses; explained by what a control changes if it trains too (fewer types C′ from "
-                      "scratch, or the trained backbone kept whole); not reproduced if the pruned models collapse."),
+                      f"≥ {MIN_SEEDS} seeds each, and the plateau rows (`results/collapse_plateau/{runs_profile}.csv`): "
+                      "reproduced if the pruned models train at both budgets and every control collapses; explained "
+                      "by what a control changes if it trains too (fewer types C′ from scratch, or the trained "
+                      "backbone kept whole); not reproduced if the pruned models collapse at either budget. A "
+                      "pruned net that trains with every stage at a plateau, in any seed, would reopen it."),
         details={"rescued": rescued, "control_trains": ctrl_trains},
         title="Pruning rescues the collapsed CapsNet[20, 8, 7]",
         cause=" or ".join(_SHORT_CAUSE[c] for c in dict.fromkeys(causes)),
@@ -567,18 +580,86 @@ def _rerun_failures(rebuilt: pd.DataFrame, label_start: str) -> str:
             f"after retraining, {'each ' if len(dead) > 1 else ''}with a zero first step, as predicted (see below)")
 
 
+#: What the rescue verdict leaves untested once the plateau rows are in.
+_RESCUE_UNTESTED = ("PR 0.125 and 0.375 at the plateau (only PR 0.25 ran there); §3.5's extra stage, which retrains "
+                    "the pruned net without IntermediateCaps before moving its backbone into the deep net (the "
+                    "collapse chapter says where the pipeline differs from §3.5); CIFAR-10.")
+
+
+def _plateau_trains(points: pd.DataFrame) -> Optional[bool]:
+    """True if every seed of the (single) point trained, False if every seed sat at chance, None while it has
+    fewer than :data:`MIN_SEEDS` seeds or its seeds disagree."""
+    if points.empty or int(points.iloc[0]["seeds"]) < MIN_SEEDS:
+        return None
+    r = points.iloc[0]
+    return True if int(r["at_chance"]) == 0 else (False if int(r["at_chance"]) == int(r["seeds"]) else None)
+
+
+def _first_step_text(root, profile: str, label_start: str) -> str:
+    """The largest first Adam step of a plateau point's runs (:func:`criterion_table`: their fit logs)
+    against the rule's threshold, as a clause; "" without one."""
+    t = criterion_table(root, profile)
+    if t.empty:
+        return ""
+    t = t[(t["study"] == "collapse_plateau") & t["label"].astype(str).str.startswith(label_start)]
+    if t.empty or t["update_max"].isna().any():
+        return ""
+    top = float(t["update_max"].max())
+    side = "below" if top < THRESHOLD else "not all below"
+    if top == 0:
+        return f", its first Adam step exactly 0 in all {len(t)} seeds (the rule's threshold: {THRESHOLD:g})"
+    return (f", its largest first Adam step at most {top:.2g} over {len(t)} seeds, {side} the rule's "
+            f"threshold {THRESHOLD:g}")
+
+
+def _plateau_stages_text(root, profile: str) -> str:
+    """"base 82.6–84.8 %, CCM 83.3–84.7 %": the plateaued rescue's base and CCM stages, range over seeds."""
+    path = results_root(root) / "collapse_plateau" / f"{profile}.csv"
+    if not path.is_file():
+        return "base and CCM stages: no rows"
+    df = read_store_csv(path)
+    df = df[(df["status"] == "ok") & df["label"].astype(str).str.startswith("plateau: CCM+CHIP")]
+    parts = []
+    for stage, name in (("base", "base"), ("ccm", "CCM")):
+        accs = 100 * df.loc[df["stage"] == stage, "test_acc"].astype(float)
+        if len(accs):
+            parts.append(f"{name} {accs.min():.1f}–{accs.max():.1f} %")
+    return ", ".join(parts) or "base and CCM stages: no rows"
+
+
+def _plateau_sufficient_text(plateau: pd.DataFrame) -> str:
+    """What still suffices with every stage at a plateau: each rescue control, trains or at chance."""
+    ctrls = [(name, _plateau_of(plateau, start)) for name, start in
+             (("fewer types from scratch", "C'"), ("the trained backbone kept whole", "C20 pretrained"))]
+    parts = []
+    for name, pts in ctrls:
+        t = _plateau_trains(pts)
+        if t is None:
+            continue
+        r = pts.iloc[0]
+        parts.append(f"{name} {'trains' if t else 'sits at chance'} ({r['mean']:.1f} %, {r['seeds']} seeds)")
+    return ". With every stage at a plateau: " + "; ".join(parts) if parts else ""
+
+
+def _selection_untested() -> str:
+    return ("whether it matters which channels CCM + CHIP keep: no arm selects channels another way yet "
+            "(random channels, the highest-CI channels removed, CHIP without CCM, at the same per-layer "
+            "counts: `results/collapse_plateau/`, running); and " + _RESCUE_UNTESTED.split("; ", 1)[1])
+
+
 def _selection_text(plateau: pd.DataFrame) -> str:
     """What the channel-selection controls show, or that they have not run."""
     arms = _plateau_of(plateau, "PR ")
     chip = _plateau_of(plateau, "CCM+CHIP")
     if arms.empty or chip.empty:
-        return ("whether it matters which channels CCM + CHIP keep: no arm selects channels another way yet "
-                "(random channels, the highest-CI channels removed, CHIP without CCM, at the same per-layer "
-                "counts: `results/collapse_plateau/`, running); and §3.5's extra stage, which retrains the pruned "
-                "net without IntermediateCaps before moving its backbone into the deep net (the collapse chapter "
-                "says where the pipeline differs from §3.5).")
-    return ("which channels are kept, at the same per-layer counts on the plateaued backbone: "
-            + outcomes_text(pd.concat([chip, arms]), "CHIP and its controls") + ".")
+        return "no arm selects channels another way yet."
+    both = pd.concat([chip, arms])
+    text = ("at the same per-layer counts on the plateaued backbone, "
+            + outcomes_text(both, "CHIP and its controls"))
+    if (both["seeds"] >= MIN_SEEDS).all() and (both["at_chance"] == both["seeds"]).all():
+        text += (". Every choice sits at chance in every seed, so no choice of channels rescues this backbone at "
+                 "I = 7, and the arms cannot rank CHIP against the others")
+    return text + "."
 
 
 def verdict_table(vs: Sequence[Verdict]) -> pd.DataFrame:
