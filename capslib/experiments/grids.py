@@ -115,7 +115,7 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "fig3": [],
     "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
     # the collapse study's decisive runs: the paper has no such table (Table 3 has no same-width control)
-    "collapse": [], "collapse_h": [], "collapse_plateau": [], "remedies": [], "remedies_deep": [],
+    "collapse": [], "collapse_h": [], "collapse_plateau": [], "remedies": [], "remedies_deep": [], "kernel_widths": [],
 }
 
 
@@ -437,6 +437,28 @@ def _remedies_deep(profile: str) -> list[Point]:
     return _remedy_arms(profile, REMEDY_DEPTHS["smoke" if _small(profile) else "cpu"][1])
 
 
+# --------------------------------------------------------------------------------------
+# Seed 004's claim (kernel similarity measures redundancy): CapsNets of several widths trained from scratch,
+# whose conv kernels `capslib.experiments.kernel_study` scores against their initial and Gaussian kernels.
+# --------------------------------------------------------------------------------------
+
+#: Table 1's PR-0 configurations at D = 8 (the smoke miniature's in brackets): layer widths C·D/4, C·D/2, C·D
+#: and the PrimaryCaps' C·D, from 20 to 256 channels.
+KERNEL_WIDTHS = {"cpu": (10, 20, 32), "smoke": (4, 8)}
+
+
+def _kernel_widths(profile: str) -> list[Point]:
+    """CapsNet[C, 8, 0] for each C of :data:`KERNEL_WIDTHS`, trained to a plateau (:data:`PLATEAU`), narrowest
+    first; the smoke miniature: D = 4, one epoch."""
+    small = _small(profile)
+    D = 4 if small else 8
+    plateau = dict(epochs=1) if small else PLATEAU
+    return [Point("train", _cd(C, D, I=0, **plateau),
+                  label=f"kernels: C{C} D{D} I=0 (widths {C * D // 4}, {C * D // 2}, {C * D}; PrimaryCaps {C * D})",
+                  claim="seed004", role="test", why="a trained model of this width for seed 004's measure")
+            for C in KERNEL_WIDTHS["smoke" if small else "cpu"]]
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
     Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
@@ -459,6 +481,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                            "ConvCaps) at I = 11, beside CCM + CHIP at PR 0.375 and its C' from scratch", _remedies,
                default_profile="cpu", versioned=False, point_major=True),
     Experiment("remedies_deep", "Going deep without pruning: each remedy at I = 30", _remedies_deep,
+               default_profile="cpu", versioned=False, point_major=True),
+    Experiment("kernel_widths", "Seed 004: CapsNet[C, 8, 0] at three widths trained to a plateau, for kernel "
+                                "similarity against width", _kernel_widths,
                default_profile="cpu", versioned=False, point_major=True),
 ]}
 
