@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..engine.criterion import VANISHING_STEP
 from ..experiments.results import read_store_csv
 from .collapse_runs import CHANCE, CHANCE_BAND, _rc, final_rows, results_root
 from .plots import FONT, PAGE_WIDTH_IN, book_figsize, legend_outside
 
-#: The rule committed with hypothesis H's predictions (results/collapse/predictions_h.md): a run whose largest
-#: first Adam step at initialisation, relative to its weights' RMS, is below this cannot learn in one epoch.
-THRESHOLD = 1e-5
+#: The rule committed with hypothesis H's predictions: :data:`capslib.engine.criterion.VANISHING_STEP`.
+THRESHOLD = VANISHING_STEP
 #: Steps below this (exactly 0 in float32; down to 1e-77 in float64) are drawn at it, on the left edge.
 ZERO_AT = 1e-14
 STUDIES = ("collapse", "collapse_h", "collapse_plateau")

@@ -25,10 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ADAM_EPS", "parameter_groups", "gradient_signal", "step_signal", "length_signal", "snapshot"]
+__all__ = ["ADAM_EPS", "VANISHING_STEP", "parameter_groups", "gradient_signal", "step_signal", "length_signal", "snapshot"]
 
 #: torch.optim.Adam's default ε, which the library's training uses.
 ADAM_EPS = 1e-8
+#: The rule committed with hypothesis H's predictions (results/collapse/predictions_h.md): a run whose largest
+#: first Adam step at initialisation (``update_max`` over every group) is below this cannot learn.
+VANISHING_STEP = 1e-5
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
