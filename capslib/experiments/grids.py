@@ -115,7 +115,8 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "fig3": [],
     "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
     # the collapse study's decisive runs: the paper has no such table (Table 3 has no same-width control)
-    "collapse": [], "collapse_h": [], "collapse_plateau": [], "remedies": [], "remedies_deep": [], "kernel_widths": [],
+    "collapse": [], "collapse_h": [], "collapse_plateau": [], "remedies": [], "remedies_deep": [],
+    "kernel_widths": [], "table5_limits": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
 }
 
 
@@ -459,6 +460,44 @@ def _kernel_widths(profile: str) -> list[Point]:
             for C in KERNEL_WIDTHS["smoke" if small else "cpu"]]
 
 
+# --------------------------------------------------------------------------------------
+# Table 5 at the decisive runs' profile: each configuration trained one layer below, at and one layer beyond the
+# depth limit the first-step rule puts it at (``results/table5_limits/screen_cpu.csv``, the seeds' majority).
+# --------------------------------------------------------------------------------------
+
+#: (C, D) -> the screen's limit L (the first I whose first Adam step is below 1e-5, majority of 3 seeds; ``cpu``
+#: profile, std 0.5) and the depths trained. [20, 8] is left out: the collapse study trains it at 6, 7, 8.
+#: [10, 8] reaches no limit by I = 40; it is trained at 20 (the authors'-settings screen's limit), 25 and 31
+#: (the paper's "> 30"). Cheapest first.
+TABLE5_LIMITS: dict[tuple[int, int], tuple[Optional[int], tuple[int, ...]]] = {
+    (10, 6): (8, (7, 8, 9)), (10, 8): (None, (20, 25, 31)), (16, 6): (6, (5, 6, 7)), (20, 6): (5, (4, 5, 6)),
+    (20, 10): (9, (8, 9, 10))}
+#: The std of the arm that the screen says should die at each configuration's std-0.5 maximum depth.
+TABLE5_LOW_STD = 0.3
+
+
+def _table5_limits(profile: str) -> list[Point]:
+    """Every configuration of :data:`TABLE5_LIMITS` from scratch at its depths (std 0.5), then each at std 0.3 at
+    its std-0.5 maximum (L − 1; [10, 8] at 20); [20, 10], the costliest, last. The smoke miniature: CapsNet[8, 4]
+    at I = 1, 2, 3 and std 0.3 at 1."""
+    if _small(profile):
+        return [Point("train", _cd(8, 4, I=I, init_std=0.5), label=f"Table 5 [8, 4]: I={I}", claim="table5", role="test")
+                for I in (1, 2, 3)] + [Point("train", _cd(8, 4, I=1, init_std=TABLE5_LOW_STD), claim="table5",
+                                             label="Table 5 [8, 4]: std 0.3, I=1", role="test")]
+    main, low, last = [], [], []
+    for (C, D), (L, depths) in TABLE5_LIMITS.items():
+        below = depths[0]
+        for I in depths:
+            role = "control" if L is not None and I < L else "test"
+            pt = Point("train", _cd(C, D, I=I), label=f"Table 5 [{C}, {D}]: I={I}", claim="table5", role=role,
+                       why="below the screen's limit" if role == "control" else "at or beyond the screen's limit")
+            (last if (C, D) == (20, 10) else main).append(pt)
+        low.append(Point("train", _cd(C, D, I=below, init_std=TABLE5_LOW_STD),
+                         label=f"Table 5 [{C}, {D}]: std {TABLE5_LOW_STD:g}, I={below}", claim="table5", role="test",
+                         why="the std-0.5 maximum at std 0.3: the screen says it should die"))
+    return main + low + last
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
     Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
@@ -481,6 +520,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                            "ConvCaps) at I = 11, beside CCM + CHIP at PR 0.375 and its C' from scratch", _remedies,
                default_profile="cpu", versioned=False, point_major=True),
     Experiment("remedies_deep", "Going deep without pruning: each remedy at I = 30", _remedies_deep,
+               default_profile="cpu", versioned=False, point_major=True),
+    Experiment("table5_limits", "Table 5 at the cpu profile: each configuration at, below and beyond its screened "
+                                "depth limit, and at std 0.3", _table5_limits,
                default_profile="cpu", versioned=False, point_major=True),
     Experiment("kernel_widths", "Seed 004: CapsNet[C, 8, 0] at three widths trained to a plateau, for kernel "
                                 "similarity against width", _kernel_widths,
