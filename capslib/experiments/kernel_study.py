@@ -31,6 +31,7 @@ import torch
 from ..pruning.similarity import LAYER_NAMES, kernel_similarity, layer_kernels, min_cosine_distance
 from .grids import point_key
 from .init_study import build_model
+from .results import ResultsStore
 from .sweeps import plan
 
 EXPERIMENT = "kernel_widths"
@@ -42,7 +43,7 @@ def gaussian_min_distance(shape: tuple[int, int], draws: int, seed: int = 0) -> 
     ``shape[1]`` entries: what width alone gives."""
     g = torch.Generator().manual_seed(seed)
     vals = torch.tensor([min_cosine_distance(kernel_similarity(torch.randn(shape, generator=g, dtype=torch.float64)))
-                         for _ in range(draws)])
+                         for _ in range(draws)], dtype=torch.float64)
     return float(vals.mean()), float(vals.std()) if draws > 1 else math.nan
 
 
@@ -55,13 +56,24 @@ def layer_distances(model, fold_bn: bool) -> dict[str, tuple[float, tuple[int, i
     return out
 
 
+def finished_runs(profile: str, results: Optional[str] = None) -> set[str]:
+    """Config hashes with an ok row in the sweep's store (``results/kernel_widths/<profile>.csv``): their
+    ``best.pt`` is the selected model of a finished run, not a checkpoint of one in progress."""
+    path = Path(results or "results") / EXPERIMENT / f"{profile}.csv"
+    if not path.is_file():
+        return set()
+    rows = ResultsStore(path).rows()
+    return {r["config_hash"] for r in rows if r.get("status") == "ok"}
+
+
 def study_rows(profile: str = "cpu", seeds: int = 3, checkpoints: Optional[str] = None, draws: int = 20,
-               init_only: bool = False) -> pd.DataFrame:
+               init_only: bool = False, finished: Optional[set[str]] = None) -> pd.DataFrame:
     """One row per (point, seed, layer, measure); ``trained`` is NaN with ``init_only`` or while the point's
-    checkpoint is missing (its run has not finished)."""
+    run has not finished (``finished``: config hashes of finished runs, default :func:`finished_runs`)."""
     from ..engine.train import load_model
 
     root = Path(checkpoints or Path("runs") / "sweeps" / EXPERIMENT)
+    finished = finished_runs(profile) if finished is None else finished
     rows: list[dict[str, Any]] = []
     null_cache: dict[tuple[int, int], tuple[float, float]] = {}
     for point, cfg in plan(EXPERIMENT, profile, seeds):
@@ -69,7 +81,7 @@ def study_rows(profile: str = "cpu", seeds: int = 3, checkpoints: Optional[str] 
         init = build_model(cfg.model, seed).eval()
         folder = root / point_key(EXPERIMENT, cfg, point)
         trained = None
-        if not init_only and (folder / "result.json").is_file():
+        if not init_only and cfg.config_hash() in finished and (folder / "best.pt").is_file():
             trained = load_model(cfg, folder / "best.pt").eval()
         for measure, fold in MEASURES.items():
             at_init = layer_distances(init, fold)
@@ -77,7 +89,8 @@ def study_rows(profile: str = "cpu", seeds: int = 3, checkpoints: Optional[str] 
             for layer, (d0, shape) in at_init.items():
                 raw_shape = (shape[0], shape[1] - 1) if fold else shape  # the null: the raw kernel's shape
                 if raw_shape not in null_cache:
-                    null_cache[raw_shape] = gaussian_min_distance(raw_shape, draws, seed=raw_shape[0] * 1000 + raw_shape[1])
+                    null_cache[raw_shape] = gaussian_min_distance(raw_shape, draws,
+                                                                  seed=raw_shape[0] * 1000 + raw_shape[1])
                 g_mean, g_sd = null_cache[raw_shape]
                 rows.append(dict(experiment=EXPERIMENT, profile=profile, label=point.label, C=cfg.model.C,
                                  D=cfg.model.D, seed=seed, config_hash=cfg.config_hash(), layer=layer,
