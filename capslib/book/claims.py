@@ -203,22 +203,38 @@ def _missed_run_predictions(runs_profile: str, root: Path) -> Optional[Negative]
     arms = arms[arms["as_predicted"].eq(False)]
     rem = predicted_vs_trained(root, runs_profile)
     rem = rem[rem["status"] == "missed"]
+    from . import table5_runs
+    from .kernel_runs import PREDICTED, load_similarity, seed004_outcome
+
+    t5 = table5_runs.outcomes(root, runs_profile)
+    t5 = t5[t5["as_predicted"].eq(False)]
+    s4 = seed004_outcome(load_similarity(runs_profile, root))
+    s4_missed = bool(s4["outcome"]) and "missed" in s4["text"]
     rows = pd.DataFrame({
-        "point": [*arms["label"], *(f"{r}, I = {i}" for r, i in zip(rem["remedy"], rem["I"]))],
-        "predicted": [*arms["predicted"], *rem["prediction"]],
-        "test acc (%) per seed": [*arms["accs"], *rem["accs"]],
-        "observed": [*arms["observed"], *rem["observed"]],
+        "point": [*arms["label"], *(f"{r}, I = {i}" for r, i in zip(rem["remedy"], rem["I"])),
+                  *(f"{r.label}, seed {r.seed}" for r in t5.itertuples()),
+                  *(["seed 004's measure against width"] if s4_missed else [])],
+        "predicted": [*arms["predicted"], *rem["prediction"], *t5["predicted"],
+                      *([f"{PREDICTED['verdict']} (the trend in {', '.join(PREDICTED['holds_in'])} only)"]
+                        if s4_missed else [])],
+        "test acc (%) per seed": [*arms["accs"], *rem["accs"], *(f"{a:.1f}" for a in t5["test_acc"]),
+                                  *(["—"] if s4_missed else [])],
+        "observed": [*arms["observed"], *rem["observed"], *t5["observed"],
+                     *([f"{s4['outcome']} (the trend in {', '.join(s4['holds_in'])})"] if s4_missed else [])],
         "predictions": ["`results/collapse/predictions_h.md`"] * len(arms)
-                       + ["`results/remedies/predictions.md`"] * len(rem)})
+                       + ["`results/remedies/predictions.md`"] * len(rem)
+                       + ["`results/table5_limits/predictions.md`"] * len(t5)
+                       + (["`results/kernel_widths/predictions.md`"] if s4_missed else [])})
     if rows.empty:
         return None
     shown = "; ".join(f"{p}: predicted {pr}, observed {o} ({a} %)" for p, pr, a, o in
                       zip(rows["point"], rows["predicted"], rows["test acc (%) per seed"], rows["observed"]))
-    text = (f"{len(rows)} training points missed the outcome committed for them before they ran: {shown}. "
+    text = (f"{len(rows)} predictions committed before their runs missed: {shown}. "
             "Each stays on its own page as missed; none was re-predicted after its rows landed.")
     return Negative("Run predictions that missed", text, rows,
                     f"`results/collapse_h/{runs_profile}.csv`, `results/remedies/{runs_profile}.csv`, "
-                    f"`results/remedies_deep/{runs_profile}.csv`")
+                    f"`results/remedies_deep/{runs_profile}.csv`, `results/table5_limits/{runs_profile}.csv`, "
+                    f"`results/kernel_widths/similarity_{runs_profile}.csv`")
 
 
 def _plateau_rescue_negative(runs_profile: str, root: Path) -> Optional[Negative]:

@@ -1,8 +1,8 @@
 """The training signal at initialisation against what each decisive run did (the collapse chapter).
 
 Nothing here trains. ``results/collapse/screen_cpu.csv`` holds the screens of every from-scratch decisive
-config (:mod:`capslib.experiments.criterion_screen`); the stores of the ``collapse``, ``collapse_h`` and
-``collapse_plateau`` experiments hold the runs. :func:`criterion_table` joins each run to the screen of its
+config (:mod:`capslib.experiments.criterion_screen`); the stores of :data:`STUDIES` hold the runs (the collapse
+study's, the remedies' and Table 5's at the same profile). :func:`criterion_table` joins each run to the screen of its
 very config hash, seed and dtype (the first training batch it saw); a pipeline's retrain stage, which has
 no from-scratch screen, is joined to the signal ``fit`` logged at its first step, when its history has it.
 :func:`criterion_figure` plots the largest first Adam step at initialisation against the final test
@@ -29,7 +29,7 @@ from .plots import FONT, PAGE_WIDTH_IN, book_figsize, legend_outside
 THRESHOLD = VANISHING_STEP
 #: Steps below this (exactly 0 in float32; down to 1e-77 in float64) are drawn at it, on the left edge.
 ZERO_AT = 1e-14
-STUDIES = ("collapse", "collapse_h", "collapse_plateau")
+STUDIES = ("collapse", "collapse_h", "collapse_plateau", "remedies", "remedies_deep", "table5_limits")
 
 
 def _signal_max(groups: dict) -> float:

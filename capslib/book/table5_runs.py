@@ -18,11 +18,14 @@ from typing import Optional
 import pandas as pd
 
 from ..engine.criterion import VANISHING_STEP
-from ..experiments.grids import TABLE5, get_experiment
+from ..experiments.depth_screen import depth_config
+from ..experiments.grids import TABLE5, _small, get_experiment
 from ..experiments.results import read_store_csv
 from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, results_root
 
 EXPERIMENT = "table5_limits"
+#: [20, 8]'s depths, trained by the collapse study (float32, one epoch, the same configs).
+COLLAPSE_DEPTHS = (6, 7, 8)
 SCREENS = ("screen_{profile}.csv", "screen_std03_{profile}.csv")
 
 
@@ -38,9 +41,13 @@ def predictions(root: Optional[str | Path] = None, profile: str = "cpu", seeds: 
     root = results_root(root)
     screen = _screens(root, profile)
     rows = []
-    for point in get_experiment(EXPERIMENT).grid(profile):
+    points = [(p.label, p.config) for p in get_experiment(EXPERIMENT).grid(profile)]
+    if not _small(profile):  # [20, 8] from the collapse study, same configs
+        points += [(f"Table 5 [20, 8]: I={I} (collapse study)",
+                    lambda prof, seed, I=I: depth_config(20, 8, I, prof, seed)) for I in COLLAPSE_DEPTHS]
+    for label, make in points:
         for seed in range(seeds):
-            cfg = point.config(profile, seed)
+            cfg = make(profile, seed)
             m = cfg.model
             hit = screen[screen["config_hash"] == cfg.config_hash()] if len(screen) else screen
             same = screen[(screen["C"] == m.C) & (screen["D"] == m.D) & (screen["seed"] == seed)
@@ -54,7 +61,7 @@ def predictions(root: Optional[str | Path] = None, profile: str = "cpu", seeds: 
                 pred = "chance"
             else:
                 pred = ""
-            rows.append(dict(label=point.label, C=m.C, D=m.D, I=m.I, init_std=m.init_std, seed=seed,
+            rows.append(dict(label=label, C=m.C, D=m.D, I=m.I, init_std=m.init_std, seed=seed,
                              config_hash=cfg.config_hash(), first_step=step, seed_limit=limit, predicted=pred))
     return pd.DataFrame(rows)
 
@@ -64,9 +71,12 @@ def outcomes(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.Data
     else "trains") and ``as_predicted`` (None while the run has no row)."""
     root = results_root(root)
     pred = predictions(root, profile)
-    path = root / EXPERIMENT / f"{profile}.csv"
-    runs = read_store_csv(path) if path.is_file() else pd.DataFrame(columns=["config_hash", "status", "test_acc"])
-    runs = runs[runs["status"].astype(str) == "ok"].drop_duplicates("config_hash", keep="last")
+    stores = [read_store_csv(p) for p in (root / EXPERIMENT / f"{profile}.csv", root / "collapse" / f"{profile}.csv")
+              if p.is_file()]
+    runs = pd.concat(stores, ignore_index=True) if stores else pd.DataFrame(columns=["config_hash", "status",
+                                                                                      "test_acc"])
+    runs = runs[(runs["status"].astype(str) == "ok") & (runs.get("stage", "train") == "train")]
+    runs = runs.drop_duplicates("config_hash", keep="last")
     acc = dict(zip(runs["config_hash"], 100 * runs["test_acc"].astype(float)))
     pred["test_acc"] = pred["config_hash"].map(acc)
     pred["observed"] = pred["test_acc"].map(lambda a: "" if pd.isna(a) else
@@ -75,24 +85,38 @@ def outcomes(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.Data
     return pred
 
 
-def limit_table(out: pd.DataFrame, collapse_rows: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """Per configuration (std 0.5): the screen's limit per seed, the deepest depth trained in every seed, the
-    shallowest at chance in every seed, and the paper's maximum."""
+def _majority(observed: pd.Series, kind: str) -> bool:
+    return int((observed == kind).sum()) * 2 > len(observed)
+
+
+def limit_table(out: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration (std 0.5): the screen's limit per seed, the deepest depth run that trained in most seeds,
+    the shallowest at chance in most seeds (depths with every seed in only), and the paper's maximum."""
     rows = []
     for (C, D), g in out[out["init_std"] == 0.5].groupby(["C", "D"], sort=False):
         done = g.dropna(subset=["test_acc"])
-        per_I = done.groupby("I")["observed"].agg(lambda s: (len(s), (s == "trains").all(), (s == "chance").all()))
-        full = {I: v for I, v in per_I.items() if v[0] >= MIN_SEEDS}
-        trains = [I for I, v in full.items() if v[1]]
-        dies = [I for I, v in full.items() if v[2]]
+        full = {I: d["observed"] for I, d in done.groupby("I") if len(d) >= MIN_SEEDS}
+        trains = [I for I, o in full.items() if _majority(o, "trains")]
+        dies = [I for I, o in full.items() if _majority(o, "chance")]
         limits = g.drop_duplicates("seed").sort_values("seed")["seed_limit"]
-        rows.append({"CapsNet": f"[{C}, {D}]", "screen limit per seed": ", ".join("none" if pd.isna(v) else
-                                                                                   str(int(v)) for v in limits),
-                     "deepest trained (all seeds)": max(trains) if trains else None,
-                     "first at chance (all seeds)": min(dies) if dies else None,
+        rows.append({"CapsNet": f"[{C}, {D}]", "C": C, "D": D,
+                     "screen limit per seed": ", ".join("none" if pd.isna(v) else str(int(v)) for v in limits),
+                     "deepest trained": max(trains) if trains else None,
+                     "first at chance": min(dies) if dies else None,
                      "depths run": ", ".join(str(I) for I in sorted(full)) or "none yet",
-                     "paper max I": TABLE5.get((C, D), "")})
+                     "complete": len(full) == g["I"].nunique(), "paper max I": TABLE5.get((C, D), "")})
     return pd.DataFrame(rows)
+
+
+def agrees_with_paper(row: pd.Series) -> Optional[bool]:
+    """Whether a complete configuration's trained maximum is the paper's: the depth one below its first depth at
+    chance equals the paper's maximum and that depth trained; for [10, 8] ("> 30") every depth run trained."""
+    if not row["complete"]:
+        return None
+    paper, first, deepest = row["paper max I"], row["first at chance"], row["deepest trained"]
+    if isinstance(paper, str):  # "> 30"
+        return bool(pd.isna(first) and pd.notna(deepest) and deepest > 30)
+    return bool(pd.notna(first) and first - 1 == paper and deepest == paper)
 
 
 def predictions_markdown(pred: pd.DataFrame) -> str:

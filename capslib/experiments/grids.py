@@ -481,7 +481,8 @@ def _table5_limits(profile: str) -> list[Point]:
     its std-0.5 maximum (L − 1; [10, 8] at 20); [20, 10], the costliest, last. The smoke miniature: CapsNet[8, 4]
     at I = 1, 2, 3 and std 0.3 at 1."""
     if _small(profile):
-        return [Point("train", _cd(8, 4, I=I, init_std=0.5), label=f"Table 5 [8, 4]: I={I}", claim="table5", role="test")
+        return [Point("train", _cd(8, 4, I=I, init_std=0.5), label=f"Table 5 [8, 4]: I={I}", claim="table5",
+                      role="test")
                 for I in (1, 2, 3)] + [Point("train", _cd(8, 4, I=1, init_std=TABLE5_LOW_STD), claim="table5",
                                              label="Table 5 [8, 4]: std 0.3, I=1", role="test")]
     main, low, last = [], [], []
