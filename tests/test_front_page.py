@@ -403,20 +403,28 @@ def test_front_page_fragment_holds_table_figure_cost_and_untested(committed):
 
 
 def test_committed_negatives_list_every_missed_run_prediction_and_the_plateau_rescue():
-    """From the committed rows: every H arm and remedy point that missed its committed prediction is listed
-    (and only those), and the plateau rescue with its channel-selection arms is reported as not working."""
+    """From the committed rows: every H arm, remedy point, Table 5 run and seed-004 rule that missed its committed
+    prediction is listed (and only those), and the plateau rescue with its selection arms is reported as not working."""
     from capslib.book.remedies_runs import predicted_vs_trained
     from capslib.book.study_points import arm_outcomes
+
+    from capslib.book.kernel_runs import load_similarity, seed004_outcome
 
     negs = {n.title: n for n in claims.negative_results("cpu")}
     missed = negs["Run predictions that missed"]
     arms = arm_outcomes("cpu")
     rem = predicted_vs_trained(profile="cpu")
+    t5 = table5_runs.outcomes(profile="cpu")
+    t5 = t5[t5["as_predicted"].eq(False)]
     expected = {*arms.loc[arms["as_predicted"].eq(False), "label"],
                 *(f"{r}, I = {i}" for r, i in zip(rem.loc[rem["status"] == "missed", "remedy"],
-                                                  rem.loc[rem["status"] == "missed", "I"]))}
+                                                  rem.loc[rem["status"] == "missed", "I"])),
+                *(f"{r.label}, seed {r.seed}" for r in t5.itertuples())}
+    if "missed" in seed004_outcome(load_similarity("cpu"))["text"]:
+        expected.add("seed 004's measure against width")
     assert set(missed.rows["point"]) == expected and "residual ConvCaps, I = 30" in expected
-    assert f"{len(expected)} training points missed" in missed.text
+    assert "Table 5 [10, 6]: I=8, seed 2" in expected and "seed 004's measure against width" in expected
+    assert f"{len(expected)} predictions committed before their runs missed" in missed.text
     plateau = negs["No channel choice rescued the plateau-trained backbone"]
     assert len(plateau.rows) == 5 and (plateau.rows["at_chance"] == plateau.rows["seeds"]).all()
     assert "first Adam step of exactly 0" in plateau.text

@@ -15,9 +15,12 @@ import numpy as np
 import pandas as pd
 
 from ...experiments.results import read_store_csv
-from ..collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
-from ..criterion_runs import THRESHOLD, criterion_table, rebuilt_short, rebuilt_table, rule_text
+from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
+from ..criterion_runs import criterion_table, rebuilt_short, rebuilt_table, rule_text
 from .. import table5_runs
+from ..rescue_evidence import (RESCUE_UNTESTED, first_step_text, ok_rows, plateau_of, plateau_stages_text,
+                               plateau_sufficient_text, plateau_trains, rerun_failures, selection_text,
+                               selection_untested)
 from ..kernel_runs import load_similarity, seed004_outcome
 from ..params import RUNS_PROFILE
 from ..remedies_runs import deep_claim
@@ -143,13 +146,6 @@ def _collapse_pair(summary: pd.DataFrame) -> tuple[Optional[pd.Series], Optional
     below = ctrl.sort_values("I").iloc[-1] if len(ctrl) else None
     at = test.sort_values("I").iloc[0] if len(test) else None
     return below, at
-
-
-def _plateau_of(outcomes: pd.DataFrame, prefix) -> pd.DataFrame:
-    """The plateau points whose label (after "plateau: ") starts with ``prefix`` (a string or a tuple)."""
-    if outcomes.empty:
-        return outcomes
-    return outcomes[outcomes["label"].str.replace("plateau: ", "", regex=False).str.startswith(prefix)]
 
 
 def _acc_text(outcomes: pd.DataFrame, label_start: str) -> str:
@@ -292,7 +288,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         verdict=grade(supported=supported, n_seeds=n, control_seen=i6 is not None and i6["seeds"] > 0,
                       scale="full"),
         evidence=(f"{_points_text(summary, 'collapse')} ({budget(runs_profile)}). "
-                  + outcomes_text(_plateau_of(plateau, "C20 I="), f"Beside them, {_PLATEAU_BUDGET}") + "."),
+                  + outcomes_text(plateau_of(plateau, "C20 I="), f"Beside them, {_PLATEAU_BUDGET}") + "."),
         mechanism=(f"{rule_text(signal)} (the screens of the trained configs themselves, "
                    f"`results/collapse/screen_{runs_profile}.csv`; float64 runs start with class lengths of "
                    f"1e-28 and less, not 0, and collapse all the same, so it is Adam's step, not an exact zero, "
@@ -316,7 +312,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
     one_epoch = point_outcomes("collapse", runs_profile, root)
     rebuilt_nets = rebuilt_table(root, runs_profile)
     rebuilt = rebuilt_short(rebuilt_nets)
-    rerun_unpruned = _rerun_failures(rebuilt_nets, "C20 pretrained")
+    rerun_unpruned = rerun_failures(rebuilt_nets, "C20 pretrained")
     tests = summary[(summary["claim"] == "rescue") & (summary["role"] == "test")]
     ctrls = summary[(summary["claim"] == "rescue") & (summary["role"] == "control")]
     n_t = int(tests["seeds"].min()) if len(tests) else 0
@@ -331,14 +327,14 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         for C_ctrl in sorted(set(int(c) for c in trained["C"])):  # each control that trains: what it changes
             causes.append(_RESCUE_CAUSE_NARROW if C_ctrl != 20 else _RESCUE_CAUSE_BACKBONE)
     base_collapses = f7 == 1.0 if f7 is not None else None
-    plateau_rescued = _plateau_trains(_plateau_of(plateau, "CCM+CHIP"))
+    plateau_rescued = plateau_trains(plateau_of(plateau, "CCM+CHIP"))
     supported = None if rescued is None or base_collapses is None else (
         rescued and base_collapses and plateau_rescued is not False)
     plateau_line = ("" if plateau_rescued is None else
-                    f"; with every stage trained to a plateau ({_plateau_stages_text(root, runs_profile)}) it "
+                    f"; with every stage trained to a plateau ({plateau_stages_text(root, runs_profile)}) it "
                     + ("trains too (" if plateau_rescued else "sits at chance (")
-                    + _acc_text(_plateau_of(plateau, "CCM+CHIP"), "plateau: CCM+CHIP") + ")"
-                    + _first_step_text(root, runs_profile, "plateau: CCM+CHIP"))
+                    + _acc_text(plateau_of(plateau, "CCM+CHIP"), "plateau: CCM+CHIP") + ")"
+                    + first_step_text(root, runs_profile, "plateau: CCM+CHIP"))
     out.append(Verdict(
         claim="Pruning at PR 0.125–0.375 rescues CapsNet[C=20, D=8, I=7]",
         source="paper 000, Table 3, Figs. 4–5",
@@ -347,7 +343,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       explained_by=" or ".join(dict.fromkeys(causes)) if ctrl_trains else None),
         evidence=(_points_text(summary, "rescue") + f" ({budget(runs_profile)}). At initialisation a prune is a "
                   "smaller, freshly initialised CapsNet[C', 8]: see the PR slider of the collapse chapter. "
-                  + outcomes_text(_plateau_of(plateau, ("C'", "CCM", "C20 pretrained", "PR ")),
+                  + outcomes_text(plateau_of(plateau, ("C'", "CCM", "C20 pretrained", "PR ")),
                                   f"Beside them, {_PLATEAU_BUDGET}") + "."),
         breakdown=(
             ("What the rows show", f"after one epoch the CCM + CHIP pruned C′ = 15 net trains at I = 7 "
@@ -357,10 +353,10 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
              f"({_acc_text(one_epoch, 'C' + chr(39) + '=15')}); the trained backbone alone, unpruned "
              f"({_acc_text(one_epoch, 'C20 pretrained')}{rerun_unpruned}). Removing channels is not needed: pruned − unpruned on "
              f"the same backbone, paired by seed, {_paired_text(one_epoch, 'CCM+CHIP', 'C20 pretrained')}"
-             + _plateau_sufficient_text(plateau) + "."),
+             + plateau_sufficient_text(plateau) + "."),
             *((("Before retraining", rebuilt[0].upper() + rebuilt[1:] + "."),) if rebuilt else ()),
-            ("Which channels", _selection_text(plateau)),
-            ("What is untested", _RESCUE_UNTESTED if plateau_rescued is not None else _selection_untested()),
+            ("Which channels", selection_text(plateau)),
+            ("What is untested", RESCUE_UNTESTED if plateau_rescued is not None else selection_untested()),
         ),
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], {budget(runs_profile)}"
               + ("; and every stage to a plateau (≤ 10 epochs each)" if plateau_rescued is not None else ""),
@@ -447,9 +443,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         f"{r['CapsNet']}: screen limit per seed {r['screen limit per seed']}, depths run {r['depths run']}, "
         f"deepest trained in most seeds {'–' if pd.isna(r['deepest trained']) else int(r['deepest trained'])} "
         f"(paper {r['paper max I']})" for _, r in t5.iterrows())
-    t5_cost = ran.merge(read_store_csv(results_root(root) / "table5_limits" / f"{runs_profile}.csv")[
-        ["config_hash", "wall_time"]], on="config_hash", how="left")["wall_time"].astype(float).sum() / 3600 \
-        if (results_root(root) / "table5_limits" / f"{runs_profile}.csv").is_file() and len(ran) else 0.0
+    t5_cost = ok_rows(root, f"table5_limits/{runs_profile}.csv")["wall_time"].astype(float).sum() / 3600
     out.append(Verdict(
         claim="Table 5's maximum depths without pruning: 4 to > 30, deeper with larger D at fixed C and with "
               "smaller C at fixed D",
@@ -501,9 +495,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
     s4 = seed004_outcome(sim) if not sim.empty else None
     decided = s4 is not None and s4["seeds"] >= MIN_SEEDS
     if decided:
-        trained_rows = read_store_csv(results_root(root) / "kernel_widths" / f"{runs_profile}.csv") \
-            if (results_root(root) / "kernel_widths" / f"{runs_profile}.csv").is_file() else pd.DataFrame()
-        ok = trained_rows[trained_rows["status"] == "ok"] if len(trained_rows) else trained_rows
+        ok = ok_rows(root, f"kernel_widths/{runs_profile}.csv")
         cost = (f"; {ok['wall_time'].astype(float).sum() / 3600:.2f} CPU-hours of training, "
                 f"test accuracy {100 * ok['test_acc'].astype(float).min():.1f}–"
                 f"{100 * ok['test_acc'].astype(float).max():.1f} %") if len(ok) else ""
@@ -574,7 +566,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         evidence=(_points_text(summary, "precision") + "; " + _points_text(summary, "remedy")
                   + f" ({budget(runs_profile)}). The arms, one factor each, predictions committed before they ran "
                   f"(`results/collapse/predictions_h.md`; rows `results/collapse_h/{runs_profile}.csv`, same budget): "
-                  + arms_txt + ". " + outcomes_text(_plateau_of(plateau, "remedy"), f"Beside them, {_PLATEAU_BUDGET}")
+                  + arms_txt + ". " + outcomes_text(plateau_of(plateau, "remedy"), f"Beside them, {_PLATEAU_BUDGET}")
                   + "."),
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, I], {budget(runs_profile)}",
         seeds=min(n_h, n),
@@ -596,8 +588,8 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         claim=f"(This companion's) CapsNet[20, 8, {d['I']}] trains without pruning: at least one remedy for vanishing "
               f"activations keeps every seed above {d['threshold']:g} % test accuracy",
         source="this companion's remedies study",
-        paper=f"not a claim of the paper, whose Table 5 gives 6 as CapsNet[20, 8]'s maximum depth without pruning "
-              f"and which reaches depth only by pruning",
+        paper="not a claim of the paper, whose Table 5 gives 6 as CapsNet[20, 8]'s maximum depth without pruning "
+              "and which reaches depth only by pruning",
         verdict=grade(supported=d["supported"], n_seeds=min(d["seeds"], d["control_seeds"]),
                       control_seen=d["control_seeds"] > 0, scale="full"),
         evidence=(f"At I = {d['I']}, test accuracy per seed: {d['evidence']} ({budget(runs_profile)}). Control: "
@@ -618,99 +610,6 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         title=f"CapsNet[20, 8, {d['I']}] trains without pruning (ours)",
         decided_in=("deep", "Accuracy against depth", "Deep: accuracy against depth")))
     return out
-
-
-def _rerun_failures(rebuilt: pd.DataFrame, label_start: str) -> str:
-    """", but not on every backbone: …" when a retrained rerun net of the point sat at chance, else ""."""
-    t = rebuilt[(rebuilt["mode"] == "train") & rebuilt["label"].astype(str).str.startswith(label_start)]
-    t = t.dropna(subset=["retrained"])
-    dead = t[(t["retrained"] / 100 - CHANCE).abs() <= CHANCE_BAND]
-    if dead.empty:
-        return ""
-    return (f", but not on every backbone: in a rerun of the pipeline {len(dead)} of {len(t)} such nets sat at chance "
-            f"after retraining, {'each ' if len(dead) > 1 else ''}with a zero first step, as predicted (see below)")
-
-
-#: What the rescue verdict leaves untested once the plateau rows are in.
-_RESCUE_UNTESTED = ("PR 0.125 and 0.375 at the plateau (only PR 0.25 ran there); §3.5's extra stage, which retrains "
-                    "the pruned net without IntermediateCaps before moving its backbone into the deep net (the "
-                    "collapse chapter says where the pipeline differs from §3.5); CIFAR-10.")
-
-
-def _plateau_trains(points: pd.DataFrame) -> Optional[bool]:
-    """True if every seed of the (single) point trained, False if every seed sat at chance, None while it has
-    fewer than :data:`MIN_SEEDS` seeds or its seeds disagree."""
-    if points.empty or int(points.iloc[0]["seeds"]) < MIN_SEEDS:
-        return None
-    r = points.iloc[0]
-    return True if int(r["at_chance"]) == 0 else (False if int(r["at_chance"]) == int(r["seeds"]) else None)
-
-
-def _first_step_text(root, profile: str, label_start: str) -> str:
-    """The largest first Adam step of a plateau point's runs (:func:`criterion_table`: their fit logs)
-    against the rule's threshold, as a clause; "" without one."""
-    t = criterion_table(root, profile)
-    if t.empty:
-        return ""
-    t = t[(t["study"] == "collapse_plateau") & t["label"].astype(str).str.startswith(label_start)]
-    if t.empty or t["update_max"].isna().any():
-        return ""
-    top = float(t["update_max"].max())
-    side = "below" if top < THRESHOLD else "not all below"
-    if top == 0:
-        return f", its first Adam step exactly 0 in all {len(t)} seeds (the rule's threshold: {THRESHOLD:g})"
-    return (f", its largest first Adam step at most {top:.2g} over {len(t)} seeds, {side} the rule's "
-            f"threshold {THRESHOLD:g}")
-
-
-def _plateau_stages_text(root, profile: str) -> str:
-    """"base 82.6–84.8 %, CCM 83.3–84.7 %": the plateaued rescue's base and CCM stages, range over seeds."""
-    path = results_root(root) / "collapse_plateau" / f"{profile}.csv"
-    if not path.is_file():
-        return "base and CCM stages: no rows"
-    df = read_store_csv(path)
-    df = df[(df["status"] == "ok") & df["label"].astype(str).str.startswith("plateau: CCM+CHIP")]
-    parts = []
-    for stage, name in (("base", "base"), ("ccm", "CCM")):
-        accs = 100 * df.loc[df["stage"] == stage, "test_acc"].astype(float)
-        if len(accs):
-            parts.append(f"{name} {accs.min():.1f}–{accs.max():.1f} %")
-    return ", ".join(parts) or "base and CCM stages: no rows"
-
-
-def _plateau_sufficient_text(plateau: pd.DataFrame) -> str:
-    """What still suffices with every stage at a plateau: each rescue control, trains or at chance."""
-    ctrls = [(name, _plateau_of(plateau, start)) for name, start in
-             (("fewer types from scratch", "C'"), ("the trained backbone kept whole", "C20 pretrained"))]
-    parts = []
-    for name, pts in ctrls:
-        t = _plateau_trains(pts)
-        if t is None:
-            continue
-        r = pts.iloc[0]
-        parts.append(f"{name} {'trains' if t else 'sits at chance'} ({r['mean']:.1f} %, {r['seeds']} seeds)")
-    return ". With every stage at a plateau: " + "; ".join(parts) if parts else ""
-
-
-def _selection_untested() -> str:
-    return ("whether it matters which channels CCM + CHIP keep: no arm selects channels another way yet "
-            "(random channels, the highest-CI channels removed, CHIP without CCM, at the same per-layer "
-            "counts: `results/collapse_plateau/`, running); and " + _RESCUE_UNTESTED.split("; ", 1)[1])
-
-
-def _selection_text(plateau: pd.DataFrame) -> str:
-    """What the channel-selection controls show, or that they have not run."""
-    arms = _plateau_of(plateau, "PR ")
-    chip = _plateau_of(plateau, "CCM+CHIP")
-    if arms.empty or chip.empty:
-        return "no arm selects channels another way yet."
-    both = pd.concat([chip, arms])
-    text = ("at the same per-layer counts on the plateaued backbone, "
-            + outcomes_text(both, "CHIP and its controls"))
-    if (both["seeds"] >= MIN_SEEDS).all() and (both["at_chance"] == both["seeds"]).all():
-        text += (". Every choice sits at chance in every seed, so no choice of channels rescues this backbone at "
-                 "I = 7, and the arms cannot rank CHIP against the others")
-    return text + "."
 
 
 def verdict_table(vs: Sequence[Verdict]) -> pd.DataFrame:
