@@ -99,3 +99,14 @@ def test_the_verdict_page_grades_table5_from_the_runs(root):
     assert v.verdict == "reproduced" and v.seeds == 3
     assert "the first-step rule predicted 69 of 69 runs (missed: none)" in v.evidence
     assert "15 of 15 runs at chance" in v.evidence
+
+
+def test_one_complete_configuration_that_disagrees_decides_the_verdict(root):
+    """Not reproduced as soon as a complete configuration's trained maximum differs from the paper's, even while
+    another configuration (here [20, 8], whose collapse-study rows are absent) is incomplete."""
+    from capslib.book.chapters import verdicts as verdicts_ch
+
+    _fake_runs(root, lambda r: 0.7 if (r.C, r.D, r.I) == (16, 6, 6) or r.predicted == "trains" else 0.099)
+    v = verdicts_ch.verdicts("cpu", root)[4]
+    assert v.verdict == "not reproduced" and v.seeds == 3
+    assert "[16, 6]: screen limit per seed 6, 6, 6, depths run 5, 6, 7, deepest trained in most seeds 6" in v.evidence
