@@ -355,7 +355,8 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
              f"the same backbone, paired by seed, {_paired_text(one_epoch, 'CCM+CHIP', 'C20 pretrained')}"
              + plateau_sufficient_text(plateau) + "."),
             *((("Before retraining", rebuilt[0].upper() + rebuilt[1:] + "."),) if rebuilt else ()),
-            ("Which channels", selection_text(plateau)),
+            ("Which channels", selection_text(plateau) + " No outcome was predicted for the channel-choice arms "
+             "themselves before they ran; the first-step rule, committed before them, covered them and held."),
             ("What is untested", RESCUE_UNTESTED if plateau_rescued is not None else selection_untested()),
         ),
         scale=f"Fashion-MNIST, paper-scale CapsNet[20, 8, 7], {budget(runs_profile)}"
@@ -470,6 +471,14 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "Inconclusive while a configuration is running. The paper's limits are CIFAR-10's; these "
                       "are Fashion-MNIST's at one epoch."),
         details={"supported": supported5, "complete": list(complete["CapsNet"]) if len(complete) else []},
+        breakdown=(
+            ("What the rows show", "the screen's majority limit minus one equals the paper's maximum in every "
+             "configuration; trained, " + (", ".join(f"{r['CapsNet']} {'matches' if r['agrees'] else 'differs'}"
+                                                    for _, r in complete.iterrows()) or "nothing complete yet") + "."),
+            ("What is sufficient", "the init scale sets the limits: at std 0.3 every configuration dies at its std-0.5 "
+             "maximum (" + low_txt + "). The first-step rule is not sufficient to place a run: " + rule_txt + "."),
+            ("What is untested", "budgets beyond one epoch, other init scales between 0.3 and 0.5, float64, CIFAR-10."),
+        ),
         title="Table 5's depth limits without pruning",
         decided_in=("depth", "Table 5 at the decisive runs' profile", "Depth: Table 5 at the cpu profile"),
         untestable=_CIFAR))
@@ -536,6 +545,12 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "other datasets and DHCD itself are untested."),
         details={"supported": s4["supported"] if decided else None,
                  "holds_in": s4["holds_in"] if decided else []},
+        breakdown=((("What the rows show", "the trained distance falls with width in "
+                      + (", ".join(s4["holds_in"]) or "no layer") + ", in every seed."),
+                     ("What is sufficient", "training, not width: in these layers the initial and Gaussian kernels "
+                      "of the same shapes rise with width."),
+                     ("What is untested", "a fixed fan-in at several widths, longer training, other datasets, DHCD."))
+                   if decided else ()),
         title="Seed 004: kernel similarity measures redundancy",
         cause="width alone" if decided and s4["explained"] else "",
         decided_in=("kernels", "Seed 004: minimum cosine distance against width", "Kernels: distance against width"),
@@ -581,6 +596,16 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
                       "if the float64 net trains one layer beyond the float32 limit (precision, not the map, sets "
                       "the cliff), if the remedy collapses, or if any arm misses its committed prediction."),
         details={"float64_beyond_collapses": f64_dies, "remedy_trains": rem_trains, "arms_as_predicted": arms_ok},
+        breakdown=(
+            ("What the rows show", f"float64 {'does not move' if f64_dies else 'moves'} the cliff; the length-map "
+             f"init {'trains' if rem_trains else 'does not train'} at depth; "
+             f"{int(arms['as_predicted'].eq(False).sum())} of {len(arms)} single-factor arms missed their committed "
+             "predictions."),
+            ("What is sufficient", "the whole init (ConvCaps std 0.6 with class std 0.1); of the arms that change one "
+             f"factor, {int((arms['observed'] == 'chance').sum())} of {len(arms)} sit at chance."),
+            ("What is untested", "the length-map init at I = 30 to a plateau; the map's saturation side, which "
+             "predicted neither saturation arm; CIFAR-10."),
+        ),
         title="Hypothesis H (ours): the cliff is the init length map; an init chosen from it trains deeper, "
               "unpruned",
         decided_in=_DECISIVE_RUNS))
