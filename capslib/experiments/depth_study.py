@@ -21,6 +21,8 @@ same keys, so the sweep and the book share results. A row has the sweep row's ke
 * ``routing``, ``depth``, ``loss`` (the class loss actually used);
 * ``dead_caps``: dead capsule types averaged over the ConvCaps layers (final model, test split,
   the count of seed 002's figures) and ``dead_frac`` (the same as a fraction of the types);
+* ``dead_caps_init`` / ``dead_frac_init`` and ``acts_init``: the same for the untrained model (the one ``fit``
+  builds from the seed) on the validation split (:func:`probe_init`);
 * ``acts_first`` / ``acts_last``: JSON ``{layer: [mean activation per type]}`` on the validation
   split after epoch 1 and after the last epoch (Figs. 6-7), ``acts_test`` for the final model.
 
@@ -118,6 +120,19 @@ def fit_with_snapshots(cfg: RunConfig, data=None, progress: bool = False,
         return run(Path(tmp))
 
 
+def probe_init(cfg: RunConfig, data) -> tuple[Acts, dict[str, float]]:
+    """The untrained model ``fit`` would build for ``cfg`` (same seed, dtype), probed on the validation split in
+    eval mode as every later probe is: (mean activation per type per layer, dead fraction per layer)."""
+    from ..engine.provenance import resolve_device
+    from ..engine.train import evaluate
+    from .init_study import build_model
+
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg.model, cfg.train.seed, cfg.train.dtype).to(device)
+    probe = evaluate(model, data, "val", device=device, probe=True)[1]
+    return _acts(probe), dict(probe.dead_fraction(_DEFINITION))
+
+
 def _dead_summary(dead_fraction: Mapping[str, float], C: int) -> tuple[float, float]:
     """(mean dead count, mean dead fraction) over the ConvCaps layers inter1..interI (NaN if none)."""
     fr = [float(v) for k, v in dead_fraction.items() if str(k).startswith("inter")]
@@ -134,9 +149,15 @@ def study_row(cfg: RunConfig, point: Point, experiment: str = EXPERIMENT, data=N
     """
     from .results import run_row
 
+    from ..engine.data import load_splits
+
+    data = data if data is not None else load_splits(cfg.data)
+    init_acts, init_dead = probe_init(cfg, data)
     result, _, first, last = fit_with_snapshots(cfg, data=data, progress=progress, checkpoint_dir=checkpoint_dir)
     dead, frac = _dead_summary(result.probe["dead_fraction"][_DEFINITION], cfg.model.C)
+    dead_init, frac_init = _dead_summary(init_dead, cfg.model.C)
     extra = dict(routing=cfg.model.routing, depth=cfg.model.I, loss=cfg.loss, dead_caps=dead, dead_frac=frac,
+                 dead_caps_init=dead_init, dead_frac_init=frac_init, acts_init=json.dumps(init_acts),
                  acts_first=json.dumps(first), acts_last=json.dumps(last),
                  acts_test=json.dumps(result.probe["activations"][_DEFINITION]))
     return run_row(cfg, result, experiment=experiment, stage="train", key_extra=point.key_extra(), extra=extra)

@@ -116,7 +116,8 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
     # the collapse study's decisive runs: the paper has no such table (Table 3 has no same-width control)
     "collapse": [], "collapse_h": [], "collapse_plateau": [], "remedies": [], "remedies_deep": [],
-    "kernel_widths": [], "table5_limits": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
+    "kernel_widths": [], "seed002_dead": [], "table1_pr": [],  # table1_pr's paper row: TABLE1[(16, 6)]
+    "table5_limits": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
 }
 
 
@@ -499,6 +500,62 @@ def _table5_limits(profile: str) -> list[Point]:
     return main + low + last
 
 
+# --------------------------------------------------------------------------------------
+# Seed 002 at the cpu profile: dead capsules against depth for each routing, at initialisation and after training.
+# --------------------------------------------------------------------------------------
+
+#: (routing, depth) in priority order, cheapest first (per-image costs measured by benchmarks/bench_seed002.py,
+#: results/seed002_depth/bench_cpu.csv: EM and VB cost 11-21× dynamic routing), EM and VB at depth 5 last.
+SEED002_DEAD = (("dynamic", 1), ("dynamic", 3), ("dynamic", 5), ("self", 1), ("self", 3), ("self", 5),
+                ("em", 1), ("vb", 1), ("em", 3), ("vb", 3), ("em", 5), ("vb", 5))
+
+
+def _seed002_dead(profile: str) -> list[Point]:
+    """Seed 002's capsule sizes (16 types, 4×4 poses: C = 16, D = 16) with the library's default init std 0.3 (the
+    seed-002 study's; the cpu profile's 0.5 is the authors' CapsNet's), on the profile's data and budget (``cpu``:
+    3,000 images, one epoch); "snapshots" points, so every row has the dead share at initialisation, after epoch 1
+    and after training. The smoke miniature: dynamic and EM at depth 1 of the routing chapter's tiny net."""
+    if _small(profile):
+        return [Point("snapshots", seed002_point(r, 1, profile).overrides, label=f"seed 002 {r} I=1",
+                      claim="seed002", role="test") for r in ("dynamic", "em")]
+    return [Point("snapshots", _cd(16, 16, I=I, routing=r, init_std=0.3), label=f"seed 002 {r} I={I}",
+                  claim="seed002", role="control" if I == 1 else "test",
+                  why="depth 1: must train well above chance" if I == 1 else "deeper: dead share against depth")
+            for r, I in SEED002_DEAD]
+
+
+# --------------------------------------------------------------------------------------
+# Table 1's PR trend on its cheapest configuration, every stage to a plateau, with the pipeline's PR 0 control.
+# --------------------------------------------------------------------------------------
+
+#: CapsNet[16, 6, 0], Table 1's cheapest configuration that the paper's prune rule can plan at every PR ([10, 8] keeps
+#: 4 of conv1's 20 channels from PR 0.5 on, fewer than D; ``check_prunable``), on 5,000 training images, 1,000
+#: validation and the full 10,000-image test split (a 1-point effect needs the test noise of one run, about ±0.4
+#: points, well below it); every stage to a plateau (:data:`PLATEAU`).
+TABLE1_TREND = dict(C=16, D=6, prs=(0.125, 0.25, 0.5, 0.75),
+                    data=dict(train_size=5000, val_size=1000, test_size=10000))
+
+
+def _table1_pr(profile: str) -> list[Point]:
+    """Plain training (PR 0), the pipeline at PR 0 (base, CCM, retrain: the pruned cells' extra training matched),
+    CCM + CHIP at each PR, random channels at PR 0.5. Seed-major (not ``point_major``), so a seed's paired cells
+    come from one sitting and one machine (:data:`TABLE1_TREND`). The smoke miniature: CapsNet[8, 4, 0], PR 0 and 0.5,
+    one epoch."""
+    small = _small(profile)
+    C, D, prs = (8, 4, (0.5,)) if small else (TABLE1_TREND["C"], TABLE1_TREND["D"], TABLE1_TREND["prs"])
+    over = _cd(C, D, I=0, **(dict(epochs=1) if small else dict(**PLATEAU, **TABLE1_TREND["data"])))
+    tag = f"Table 1 [{C}, {D}]"
+    t1 = dict(claim="table1")
+    return [Point("train", over, label=f"{tag}: PR 0, plain training", role="control",
+                  why="the paper's PR-0 cell", **t1),
+            Point("prune", over, pr=0.0, label=f"{tag}: PR 0 through the pipeline", role="control",
+                  why="base, CCM and retraining without pruning: the pruned cells' extra training", **t1),
+            *[Point("prune", over, pr=pr, label=f"{tag}: CCM+CHIP PR {pr:g}", role="test",
+                    why="the paper's pruned cell", **t1) for pr in prs],
+            Point("prune", over, pr=0.5, selection="random", label=f"{tag}: random channels PR 0.5", role="control",
+                  why="the same counts, channels drawn at random", **t1)]
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
     Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
@@ -525,6 +582,12 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table5_limits", "Table 5 at the cpu profile: each configuration at, below and beyond its screened "
                                 "depth limit, and at std 0.3", _table5_limits,
                default_profile="cpu", versioned=False, point_major=True),
+    Experiment("seed002_dead", "Seed 002 at the cpu profile: dead capsules at initialisation and after training, "
+                               "dynamic, self-, EM and VB routing at depth 1, 3 and 5", _seed002_dead,
+               default_profile="cpu", versioned=False, point_major=True),
+    Experiment("table1_pr", "Table 1 on CapsNet[16, 6, 0] to a plateau: PR 0, 0.125, 0.25, 0.5, 0.75, the pipeline's PR "
+                            "0 and random channels, 5 seeds paired", _table1_pr,
+               default_profile="cpu", versioned=False, point_major=False, shared_stages=True),
     Experiment("kernel_widths", "Seed 004: CapsNet[C, 8, 0] at three widths trained to a plateau, for kernel "
                                 "similarity against width", _kernel_widths,
                default_profile="cpu", versioned=False, point_major=True),

@@ -36,6 +36,8 @@ KEYS = {
     "remedies_deep": ["label", "C", "D", "I"],
     "kernel_widths": ["label", "C", "D", "I"],
     "table5_limits": ["label", "C", "D", "I"],
+    "seed002_dead": ["label", "C", "D", "I"],
+    "table1_pr": ["label", "C", "D", "I"],
 }
 #: The studies whose points are keyed by their label (one record per train row, or per pipeline's retrain row).
 LABELLED = tuple(name for name, keys in KEYS.items() if keys[0] == "label")
@@ -134,7 +136,8 @@ def _row_records(name: str, r: pd.Series, recs: list[dict]) -> None:
         inter = [v for k, v in dead.items() if k.startswith("inter")]
         recs.append(dict(base, routing=r.get("model.routing"), I=I, value=acc,
                          dead_inter=100.0 * float(np.mean(inter)) if inter else np.nan))
-    elif name in LABELLED and ((kind == "train" and stage == "train") or (kind == "prune" and stage == "retrain")):
+    elif name in LABELLED and ((kind in ("train", "snapshots") and stage == "train")
+                               or (kind == "prune" and stage == "retrain")):
         i_after = _num(r.get("I_after"))
         recs.append(dict(base, label=r.get("label"), I=i_after if kind == "prune" else I, value=acc))
     elif name == "fig3" and stage == "train":
