@@ -273,12 +273,13 @@ def front_page_markdown(vs, data: pd.DataFrame, cliff: Optional[int], pruned: Op
     untested = "\n".join(f"* {item}" for item in could_not_test(vs))
     return "\n".join([
         "## What this book found", "",
-        f"One row per claim, generated when this page was built from the same committed rows and the same "
-        f"code as the {{doc}}`verdict page <verdicts>`; click a verdict for its full text. What was tried and "
-        f"did not work is {{ref}}`on the verdict page too <what-did-not-work>`.", "",
+        "One row per claim, generated when this page was built from the same committed rows and the same "
+        "code as the {doc}`verdict page <verdicts>`; click a verdict for its full text. What was tried and "
+        "did not work is {ref}`on the verdict page too <what-did-not-work>`.", "",
         "```{raw} html", claims_html(vs, here="intro"), "```", "",
         f"*Evidence read:* `results/collapse/{runs_profile}.csv`, `results/depth_limits/fmnist.csv`, "
-        "`results/table1/`, `results/table5/`, `results/seed002_depth/` as committed when this page was built; "
+        "`results/table5_limits/`, `results/fig6_depth/`, `results/table1_pr/`, `results/seed002_dead/`, "
+        "`results/kernel_widths/` and the other studies' stores as committed when this page was built; "
         "seeds: the fewest over the points a verdict rests on.", "",
         f"```{{figure}} {GENERATED_DIR}/{HEADLINE_PNG}",
         ":name: headline-figure",

@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import ipywidgets as widgets
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Explorer", "figure_png", "slider_panels", "slider_grid"]
 
 #: A panel is either a matplotlib Figure or PNG bytes that are already rendered.
-Panel = Union["matplotlib.figure.Figure", bytes]  # noqa: F821 (string annotation)
+Panel = Union["Figure", bytes]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -60,13 +60,14 @@ def _row(r: dict[str, Any], run_key: str, profile: str, **extra: Any) -> dict[st
 def _scan(below_at: Callable[[int], bool], start: int, I_max: int, after: int) -> None:
     """Call ``below_at`` on the depths a limit search needs: up from ``start`` to the first depth below the rule
     and ``after`` more (or ``I_max``); when ``start`` (> 1) is below already, down to the last depth above it."""
-    if start > 1 and below_at(start):
+    at_start = below_at(start)
+    if start > 1 and at_start:
         I = start - 1
         while I >= 1 and below_at(I):
             I -= 1
         return
     for I in range(start, I_max + 1):
-        if below_at(I):
+        if at_start if I == start else below_at(I):
             for J in range(I + 1, min(I + after, I_max) + 1):
                 below_at(J)
             return

@@ -116,7 +116,7 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
     # the collapse study's decisive runs: the paper has no such table (Table 3 has no same-width control)
     "collapse": [], "collapse_h": [], "collapse_plateau": [], "remedies": [], "remedies_deep": [],
-    "kernel_widths": [], "seed002_dead": [], "table1_pr": [],  # table1_pr's paper row: TABLE1[(16, 6)]
+    "kernel_widths": [], "seed002_dead": [], "table1_pr": [], "fig6_depth": [],  # table1_pr's paper row: TABLE1[(16, 6)]
     "table5_limits": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
 }
 
@@ -556,6 +556,55 @@ def _table1_pr(profile: str) -> list[Point]:
                   why="the same counts, channels drawn at random", **t1)]
 
 
+# --------------------------------------------------------------------------------------
+# Fig. 6 (the higher the PR, the deeper): the rebuilt CCM + CHIP pruned net around its screened depth limit, the
+# same C' from scratch at the same depths, and the pipeline's PR 0 (the trained backbone, unpruned).
+# --------------------------------------------------------------------------------------
+
+#: PR -> the rebuilt net's depth limit L' (the first I whose first Adam step is below 1e-5 in most of 3 seeds;
+#: ``results/fig6_depth/screen_cpu.csv``, :func:`capslib.experiments.depth_screen.screen_pruned_depths`). PR 0 is
+#: the pipeline without pruning: the CCM-trained CapsNet[20, 8] backbone with fresh ConvCaps.
+FIG6_LIMITS: dict[float, int] = {0.125: 11, 0.25: 11, 0.375: 11, 0.0: 11}
+
+
+def _fig6_depth(profile: str) -> list[Point]:
+    """For each PR of :data:`FIG6_LIMITS` the prune at L' − 1, L', L' + 1 and its C' from scratch at the same
+    depths (CapsNet[20, 8] base, ``cpu`` profile, one epoch per stage), most decisive first: every PR's pair at
+    L' − 1 (the prune must train there; does its C' from scratch?), then the prunes at L' and L' + 1, then the
+    scratch nets there, then the pipeline's PR 0. The smoke miniature: CapsNet[8, 4], PR 0.25 and 0 at I = 1."""
+    from .init_study import pruned_model_config
+
+    small = _small(profile)
+    C, D = (8, 4) if small else (20, 8)
+    base = _cd(C, D, I=0)
+    model = Point("train", base).config(profile).model
+    fig6 = dict(claim="fig6")
+
+    def pruned(pr: float, I: int) -> Point:
+        if pr == 0:
+            return Point("prune", base, pr=0.0, I_after=I, label=f"Fig. 6 PR 0: trained backbone, unpruned, I={I}",
+                         role="control", why="the pipeline without pruning: the trained backbone alone", **fig6)
+        Cp = pruned_model_config(model, pr).C
+        return Point("prune", base, pr=pr, I_after=I, label=f"Fig. 6 PR {pr:g}: CCM+CHIP (C'={Cp}) I={I}",
+                     role="test", why="the paper's pruned net at this depth", **fig6)
+
+    def scratch(pr: float, I: int) -> Point:
+        m = pruned_model_config(model, pr)
+        return Point("train", _cd(m.C, D, I=I, backbone_widths=m.widths),
+                     label=f"Fig. 6 PR {pr:g}: C'={m.C} from scratch I={I}", role="control",
+                     why="the pruned architecture, fresh: does depth follow C'?", **fig6)
+
+    if small:
+        return [pruned(0.25, 1), scratch(0.25, 1), pruned(0.0, 1)]
+    limits = FIG6_LIMITS
+    prs = [pr for pr in limits if pr > 0]
+    order = ([p for pr in prs for p in (pruned(pr, limits[pr] - 1), scratch(pr, limits[pr] - 1))]
+             + [pruned(pr, limits[pr] + k) for k in (0, 1) for pr in prs]
+             + [scratch(pr, limits[pr] + k) for k in (0, 1) for pr in prs]
+             + [pruned(0.0, limits[0.0] + k) for k in (-1, 0, 1)])
+    return order
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
     Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
@@ -588,6 +637,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1_pr", "Table 1 on CapsNet[16, 6, 0] to a plateau: PR 0, 0.125, 0.25, 0.5, 0.75, the pipeline's PR "
                             "0 and random channels, 5 seeds paired", _table1_pr,
                default_profile="cpu", versioned=False, point_major=False, shared_stages=True),
+    Experiment("fig6_depth", "Fig. 6 at the cpu profile: the rebuilt CCM + CHIP pruned CapsNet[20, 8] at PR 0.125, 0.25, "
+                             "0.375 around its screened depth limit, its C' from scratch and the unpruned trained "
+                             "backbone at the same depths", _fig6_depth,
+               default_profile="cpu", versioned=False, point_major=True, shared_stages=True),
     Experiment("kernel_widths", "Seed 004: CapsNet[C, 8, 0] at three widths trained to a plateau, for kernel "
                                 "similarity against width", _kernel_widths,
                default_profile="cpu", versioned=False, point_major=True),

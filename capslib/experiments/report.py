@@ -38,6 +38,7 @@ KEYS = {
     "table5_limits": ["label", "C", "D", "I"],
     "seed002_dead": ["label", "C", "D", "I"],
     "table1_pr": ["label", "C", "D", "I"],
+    "fig6_depth": ["label", "C", "D", "I"],
 }
 #: The studies whose points are keyed by their label (one record per train row, or per pipeline's retrain row).
 LABELLED = tuple(name for name, keys in KEYS.items() if keys[0] == "label")

@@ -6,18 +6,15 @@ limits, the paper-table sweeps); it trains nothing.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
-from ...experiments.results import read_store_csv
 from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
 from ..criterion_runs import criterion_table, rebuilt_short, rebuilt_table, rule_text
-from .. import table5_runs
+from .. import fig6_runs, seed002_runs, table1_runs, table5_runs
 from ..rescue_evidence import (RESCUE_UNTESTED, first_step_text, ok_rows, plateau_of, plateau_stages_text,
                                plateau_sufficient_text, plateau_trains, rerun_failures, selection_text,
                                selection_untested)
@@ -108,17 +105,14 @@ _RESCUE_CAUSE_BACKBONE = "the trained backbone (the unpruned C = 20 net on it tr
 _SHORT_CAUSE = {_RESCUE_CAUSE_NARROW: "fewer types C′", _RESCUE_CAUSE_BACKBONE: "the trained backbone"}
 #: What explains seed 004's trend when the initial kernels show it too.
 _WIDTH_CAUSE = "width alone (the initial kernels show the same trend)"
+#: The scale of a claim whose only rows are smoke runs.
+_SMOKE_SCALE = "smoke: Fashion-MNIST subsets, small models, one or two epochs"
 _PLATEAU_BUDGET = "plateau runs: at most 10 epochs, stopped after 3 without a better validation accuracy"
 
 #: Where the evidence of each kind of claim is shown: (chapter, section heading, short link text).
 _DECISIVE_RUNS = ("collapse", "The decisive runs", "Collapse: the decisive runs")
-_INIT_SCREENS = ("collapse", "Predicted against the paper: the depth limit of every configuration",
-                 "Collapse: depth limits at init")
 _CIFAR = "the paper's CIFAR-10 accuracies"
 
-
-#: The scale of a claim whose only rows are smoke runs.
-_SMOKE_SCALE = "smoke: Fashion-MNIST subsets, small models, one or two epochs"
 
 
 def budget(profile: str) -> str:
@@ -187,12 +181,6 @@ def _labels(summary: pd.DataFrame, claim: str, role: Optional[str] = None) -> st
     return " / ".join(f"`{p}`" for p in rows["point"]) or "(none in the grid)"
 
 
-def _store_grade(scale: str, seeds: int) -> str:
-    """The verdict of a claim that rests on a results store's rows alone (no decisive point): smoke and
-    missing stores are inconclusive, and so is anything else until a point decides it."""
-    return grade(supported=None, n_seeds=seeds, control_seen=False,
-                 scale=scale if scale in ("smoke", "none") else "full")
-
 
 def _points_text(summary: pd.DataFrame, claim: str) -> str:
     rows = summary[summary["claim"] == claim]
@@ -208,46 +196,14 @@ def _points_text(summary: pd.DataFrame, claim: str) -> str:
     return "; ".join(parts)
 
 
-def _store_scale(root: Path, table: str) -> tuple[str, list[str], int]:
-    """(scale, profiles with rows, max seeds) of ``results/<table>/``: "full" when an fmnist or paper store
-    has rows, "smoke" when only smoke rows exist, "none" otherwise."""
-    found, seeds = [], 0
-    for prof in ("paper", "fmnist", "smoke"):
-        p = root / table / f"{prof}.csv"
-        if p.is_file():
-            df = read_store_csv(p)
-            if len(df):
-                found.append(prof)
-                if "seed" in df:
-                    seeds = max(seeds, int(df["seed"].nunique()))
-    scale = "full" if {"paper", "fmnist"} & set(found) else ("smoke" if found else "none")
-    return scale, found, seeds
 
 
-def _seed002_smoke_text(root: Path) -> str:
-    """What seed 002's smoke rows show: mean dead share of the ConvCaps types per routing and depth."""
-    p = root / "seed002_depth" / "smoke.csv"
-    if not p.is_file():
-        return "no rows"
-    df = read_store_csv(p)
-    if "timestamp" in df:  # the store keeps every library version's rows: the newest run of each seed counts
-        df = df.sort_values("timestamp", kind="stable")
-    df = df.drop_duplicates(["routing", "depth", "seed"], keep="last")
-    parts = []
-    for routing, g in df.groupby("routing", sort=False):
-        cells = []
-        for depth, gd in g.groupby("depth"):
-            shares = []
-            for text in gd["dead_002"]:
-                try:
-                    dead = json.loads(text)
-                except (TypeError, ValueError):
-                    continue
-                shares += [v for k, v in dead.items() if k.startswith("inter")]
-            if shares:
-                cells.append(f"I={int(depth)}: {100 * np.mean(shares):.0f} %")
-        parts.append(f"{routing} " + ", ".join(cells))
-    return "; ".join(parts)
+def _from_fields(fields: dict, **extra) -> Verdict:
+    """A :class:`Verdict` from a study module's ``verdict_fields`` (its grade's inputs included)."""
+    f = dict(fields)
+    verdict = grade(supported=f.pop("supported"), n_seeds=f.pop("n_seeds"), control_seen=f.pop("control_seen"),
+                    scale="full", explained_by=f.pop("explained_by"))
+    return Verdict(verdict=verdict, **f, **extra)
 
 
 def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None,
@@ -377,53 +333,10 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         decided_in=_DECISIVE_RUNS, untestable=_CIFAR))
 
     # --- 3. Higher PR allows more depth (Fig. 6) ------------------------------------------------------
-    pr_rows = [(pr, _limits_row(limits, "authors", 20, 8, pr)) for pr in (0.0, 0.125, 0.25, 0.375)]
-    have = [(pr, r) for pr, r in pr_rows if r is not None]
-    cp = "C'"
-    init_txt = ("initialisation screen, authors' settings, float32: max trainable I " +
-                ", ".join(f"PR {pr:g} (C' = {r[cp]}): {r['max trainable I']} over {r['seeds']} "
-                          f"seeds (paper {r['paper max I']})" for pr, r in have)) if have else \
-        "no initialisation-screen rows for the authors' pruned configs yet"
-    dl = summary[(summary["claim"] == "depth")] if "claim" in summary else summary.iloc[0:0]
-    out.append(Verdict(
-        claim="The higher the pruning ratio, the deeper CapsNet[C=20, D=8] can go (max I 6 → 7, 9, 12)",
-        source="paper 000, Fig. 6, §4.3",
-        paper="max I: 6 (PR 0), 7 (0.125), 9 (0.25), 12 (0.375) (CIFAR-10)",
-        verdict=grade(supported=None, n_seeds=int(dl["seeds"].min()) if len(dl) else 0, control_seen=False,
-                      scale="full"),
-        evidence=init_txt + " (`results/depth_limits/fmnist.csv`). No trained depth search with pruning at "
-                 "paper scale is committed.",
-        scale="Fashion-MNIST, initialisation screens only (no training)",
-        seeds=int(have[0][1]["seeds"]) if have else 0,
-        control="The same depth search on fresh, unpruned CapsNet[C', 8] (C' = 18, 15, 13): if it reaches the "
-                "same depths, depth follows C', not pruning.",
-        would_change=("Decided by trained depth searches with pruning (points of kind 'depth' at PR 0.125, "
-                      f"0.25, 0.375 and their C' controls, ≥ {MIN_SEEDS} seeds, in {store} or "
-                      "`results/table5/fmnist.csv`). The init screen alone predicts, it does not decide: a "
-                      "pruned model keeps its trained backbone, which the screen cannot see."),
-        details={"init": init_txt},
-        title="More pruning, more depth (Fig. 6)", decided_in=_INIT_SCREENS, untestable=_CIFAR))
+    out.append(_from_fields(fig6_runs.verdict_fields(root, runs_profile, budget(runs_profile)), untestable=_CIFAR))
 
-    # --- 4. Table 1's trends --------------------------------------------------------------------------
-    scale1, profs1, seeds1 = _store_scale(root, "table1")
-    out.append(Verdict(
-        claim="Table 1's trends: accuracy rises then falls with PR; doubling C or D raises accuracy",
-        source="paper 000, Table 1, §4",
-        paper="e.g. [C=10, D=8]: 73.92 % (PR 0) → 74.71 % (PR 0.5) → 73.84 % (PR 0.75) (CIFAR-10)",
-        verdict=_store_grade(scale1, seeds1),
-        evidence=(f"`results/table1/` holds only {', '.join(profs1) or 'no'} rows "
-                  f"({seeds1} seed{'s' if seeds1 != 1 else ''}; smoke: CapsNet[C=8, D=4 and 8], one epoch, "
-                  "Fashion-MNIST subset): a code-path check, not a test of the trend."),
-        scale=_SMOKE_SCALE if scale1 == "smoke" else scale1,
-        seeds=seeds1,
-        control="PR 0 trained for the same total epochs as base + CCM + retrain (the pruned cells get three "
-                "times the training), so that a gain is not just more training.",
-        would_change=(f"`results/table1/fmnist.csv` with ≥ {MIN_SEEDS} seeds per cell would test the trends on "
-                      "Fashion-MNIST; the paper's accuracies themselves are CIFAR-10 and untestable here. "
-                      "Differences of 0.2–1.5 points need their seed spread to mean anything."),
-        details={"profiles": profs1},
-        title="Table 1's trends over PR, C and D", decided_in=("chip", "Table 1: configurations × pruning ratio", "CHIP: Table 1"),
-        untestable=_CIFAR))
+    # --- 4. Table 1's trend ---------------------------------------------------------------------------
+    out.append(_from_fields(table1_runs.verdict_fields(root, runs_profile), untestable=_CIFAR))
 
     # --- 5. Table 5's limits --------------------------------------------------------------------------
     t5_out = table5_runs.outcomes(root, runs_profile)
@@ -484,24 +397,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         untestable=_CIFAR))
 
     # --- 6. Seed 002 ----------------------------------------------------------------------------------
-    scale2, profs2, seeds2 = _store_scale(root, "seed002_depth")
-    out.append(Verdict(
-        claim="Dead capsules grow with depth under EM, self- and VB routing (and accuracy falls)",
-        source="seed 002 (Everett et al.), Figs. 1–5",
-        paper="more dead capsules at more ConvCaps layers, 1..10, on MNIST, Fashion-MNIST, CIFAR-10, "
-              "smallNORB, ImageWoof (figures, no table)",
-        verdict=_store_grade(scale2, seeds2),
-        evidence=(f"`results/seed002_depth/` holds {', '.join(profs2) or 'no'} rows only ({seeds2} seed; "
-                  "C = 4, D = 9, I = 1..3, two epochs on a Fashion-MNIST subset). Dead ConvCaps types "
-                  f"(seed 002's definition): {_seed002_smoke_text(root)}."),
-        scale=_SMOKE_SCALE,
-        seeds=seeds2,
-        control="Dynamic routing at the same depths and budget (the main paper's), and depth 1 of each routing.",
-        would_change=(f"`results/seed002_depth/fmnist.csv`: 16 types, 4×4 poses, depths 1..10, ≥ {MIN_SEEDS} seeds "
-                      "per (routing, depth). Fashion-MNIST is one of seed 002's datasets, so this is testable here."),
-        details={"profiles": profs2},
-        title="Seed 002: dead capsules grow with depth under EM, self- and VB routing",
-        decided_in=("routing", "Dynamic, EM, self- and VB routing at depth", "Routing: routings at depth")))
+    out.append(_from_fields(seed002_runs.verdict_fields(root, runs_profile, budget(runs_profile))))
 
     # --- 7. Seed 004 ----------------------------------------------------------------------------------
     sim = load_similarity(runs_profile, root)

@@ -1,0 +1,213 @@
+"""Fig. 6 (the higher the PR, the deeper) read from the committed rows of the ``fig6_depth`` study: each arm's
+screened depth limit per seed, the trained outcome at every depth, and the rule that grades the claim (the depth
+chapter and the verdict page).
+
+Nothing here trains a model. The screen is ``results/fig6_depth/screen_<profile>.csv``
+(:func:`capslib.experiments.depth_screen.screen_pruned_depths`: the rebuilt net exactly as the pipeline hands it to
+retraining, and the same C' from scratch); the runs are ``results/fig6_depth/<profile>.csv``. Three arms per PR:
+``pruned`` (CCM + CHIP, rebuilt with fresh ConvCaps, retrained), ``scratch`` (the same C' and widths, fresh) and,
+at PR 0, ``backbone`` (the pipeline without pruning: the CCM-trained CapsNet[20, 8] backbone, fresh ConvCaps).
+The rule, with the predictions committed before the runs (``results/fig6_depth/predictions.md``):
+
+* an arm's **trained maximum** is the deepest depth run that trains (outside the chance band) in most seeds, once
+  every depth of it has :data:`~capslib.book.collapse_runs.MIN_SEEDS` seeds;
+* the claim is *reproduced* when the pruned maximum grows with PR (never falls, and PR 0.375's exceeds PR
+  0.125's), *not reproduced* when it does not, *explained by the trained backbone* when it grows but the
+  unpruned trained backbone goes as deep as the shallowest prune, and *explained by fewer types C'* when each
+  C' from scratch goes as deep as its prune.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..experiments.depth_screen import limits as screen_limits
+from ..experiments.grids import FIG6_LIMITS, get_experiment
+from ..experiments.results import read_store_csv
+from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, final_rows, results_root
+from .plots import PAGE_WIDTH_IN, book_figsize, integer_ticks, wrap_title
+from .rescue_evidence import ok_rows
+
+EXPERIMENT = "fig6_depth"
+#: The paper's maximum depth per PR (Fig. 6, CIFAR-10).
+PAPER = {0.0: 6, 0.125: 7, 0.25: 9, 0.375: 12}
+
+
+def _arm(label: str) -> str:
+    return "backbone" if "unpruned" in label else ("scratch" if "from scratch" in label else "pruned")
+
+
+def screen(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
+    """Per arm ("pruned", "scratch"), PR and seed: the screened limit (:func:`capslib.experiments.depth_screen.limits`);
+    PR 0's "pruned" arm is the unpruned trained backbone."""
+    path = results_root(root) / EXPERIMENT / f"screen_{profile}.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["arm", "pr", "seed", "limit"])
+    lim = screen_limits(read_store_csv(path))
+    lim["arm"] = [("backbone" if a == "pruned" else "scratch") if float(pr) == 0 else a
+                  for a, pr in zip(lim["arm"], lim["pr"])]
+    return lim
+
+
+def outcomes(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
+    """One row per grid point and seed that ran: label, arm, PR, I, seed, test accuracy (%), observed outcome."""
+    path = results_root(root) / EXPERIMENT / f"{profile}.csv"
+    points = {p.label: p for p in get_experiment(EXPERIMENT).grid(profile)}
+    cols = ["label", "arm", "pr", "I", "seed", "test_acc", "observed"]
+    if not path.is_file():
+        return pd.DataFrame(columns=cols)
+    df = final_rows(read_store_csv(path))
+    df = df[df["label"].isin(points)].drop_duplicates(["label", "seed"], keep="last")
+    rows = []
+    for r in df.itertuples():
+        p = points[r.label]
+        acc = 100 * float(r.test_acc)
+        rows.append(dict(label=r.label, arm=_arm(r.label), pr=p.pr if p.kind == "prune" else _scratch_pr(r.label),
+                         I=p.I_after if p.kind == "prune" else dict(p.overrides)["I"], seed=int(r.seed), test_acc=acc,
+                         observed="chance" if abs(acc / 100 - CHANCE) <= CHANCE_BAND else "trains"))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _scratch_pr(label: str) -> float:
+    return float(label.split("PR ", 1)[1].split(":", 1)[0])
+
+
+def maxima(out: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and PR: the depths run (each with ≥ MIN_SEEDS seeds), the deepest that trains in most seeds
+    (None when none does) and whether the arm is complete (every planned depth has its seeds)."""
+    planned = {0.0: FIG6_LIMITS[0.0]} | {pr: L for pr, L in FIG6_LIMITS.items() if pr > 0}
+    rows = []
+    for (arm, pr), g in out.groupby(["arm", "pr"], sort=False):
+        full = {I: d["observed"] for I, d in g.groupby("I") if len(d) >= MIN_SEEDS}
+        trains = [I for I, o in full.items() if int((o == "trains").sum()) * 2 > len(o)]
+        L = planned.get(float(pr))
+        rows.append(dict(arm=arm, pr=float(pr), depths=", ".join(str(i) for i in sorted(full)) or "none yet",
+                         trained_max=max(trains) if trains else None,
+                         complete=L is not None and set(full) >= {L - 1, L, L + 1}))
+    return pd.DataFrame(rows, columns=["arm", "pr", "depths", "trained_max", "complete"])
+
+
+def claim(root: Optional[str | Path] = None, profile: str = "cpu") -> dict:
+    """The rule of the module docstring: ``supported`` (True / False / None), ``explained_by`` (or None),
+    ``maxima`` (:func:`maxima`), ``screen`` (:func:`screen`), ``outcomes`` and ``seeds``."""
+    out = outcomes(root, profile)
+    m = maxima(out)
+    prs = sorted(pr for pr in FIG6_LIMITS if pr > 0)
+    pruned = {r.pr: r for r in m[m["arm"] == "pruned"].itertuples()}
+    supported, explained = None, None
+    if all(pr in pruned and pruned[pr].complete for pr in prs):
+        depth = [pruned[pr].trained_max if pruned[pr].trained_max is not None else FIG6_LIMITS[pr] - 2
+                 for pr in prs]
+        supported = all(b >= a for a, b in zip(depth, depth[1:])) and depth[-1] > depth[0]
+        back = m[(m["arm"] == "backbone") & m["complete"]]
+        scratch = {r.pr: r for r in m[(m["arm"] == "scratch") & m["complete"]].itertuples()}
+        if supported and len(back) and (back["trained_max"].fillna(-1) >= min(depth)).all():
+            explained = "the trained backbone (the unpruned trained backbone goes as deep)"
+        elif supported and len(scratch) == len(prs) and all(
+                (scratch[pr].trained_max or -1) >= d for pr, d in zip(prs, depth)):
+            explained = "fewer capsule types C' (each C' from scratch goes as deep)"
+    seeds = int(out.groupby("label")["seed"].nunique().min()) if len(out) else 0
+    return dict(supported=supported, explained_by=explained, maxima=m, screen=screen(root, profile),
+                outcomes=out, seeds=seeds)
+
+
+def maxima_text(m: pd.DataFrame) -> str:
+    names = {"pruned": "CCM + CHIP", "scratch": "C' from scratch", "backbone": "trained backbone, unpruned"}
+    return "; ".join(f"PR {r.pr:g} {names[r.arm]}: depths {r.depths}, trained maximum "
+                     f"{'none of them' if r.trained_max is None or pd.isna(r.trained_max) else int(r.trained_max)}"
+                     f"{'' if r.complete else ' (incomplete)'}" for r in m.itertuples()) or "no runs yet"
+
+
+def screen_text(lim: pd.DataFrame) -> str:
+    if lim.empty:
+        return "no screen yet"
+    parts = []
+    for (arm, pr), g in lim.groupby(["arm", "pr"], sort=False):
+        vals = ", ".join("none" if pd.isna(v) else str(int(v)) for v in g.sort_values("seed")["limit"])
+        parts.append(f"PR {float(pr):g} {arm}: {vals}")
+    return "; ".join(parts)
+
+
+def cpu_hours(root: Optional[str | Path], profile: str) -> float:
+    """CPU-hours of the study's finished runs so far (their rows' wall time)."""
+    return float(ok_rows(root, f"{EXPERIMENT}/{profile}.csv")["wall_time"].astype(float).sum()) / 3600
+
+
+def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dict:
+    """The verdict page's fields for Fig. 6 (every :class:`~capslib.book.chapters.verdicts.Verdict` field but the
+    verdict itself) and the grade's inputs: ``supported``, ``explained_by``, ``n_seeds``, ``control_seen``."""
+    c = claim(root, profile)
+    m, out = c["maxima"], c["outcomes"]
+    controls = set(out["arm"]) >= {"scratch", "backbone"} if len(out) else False
+    pruned = m[m["arm"] == "pruned"]
+    shown = maxima_text(m)
+    return dict(
+        supported=c["supported"], explained_by=c["explained_by"], n_seeds=c["seeds"], control_seen=controls,
+        claim="The higher the pruning ratio, the deeper CapsNet[C=20, D=8] can go (max I 6 → 7, 9, 12)",
+        source="paper 000, Fig. 6, §4.3",
+        paper="max I: 6 (PR 0), 7 (0.125), 9 (0.25), 12 (0.375) (CIFAR-10)",
+        evidence=(f"The first-step screen of the rebuilt nets exactly as the pipeline hands them to retraining, and of "
+                  f"the same C′ from scratch (`results/fig6_depth/screen_{profile}.csv`), limit per seed: "
+                  f"{screen_text(c['screen'])}. Trained around the rebuilt nets' limit ({budget}; "
+                  f"`results/fig6_depth/{profile}.csv`, {cpu_hours(root, profile):.2f} CPU-hours so far; "
+                  f"predictions committed first in `results/fig6_depth/predictions.md`): {shown}."),
+        scale=f"Fashion-MNIST, CapsNet[20, 8] pruned at PR 0.125, 0.25, 0.375, {budget}",
+        seeds=c["seeds"],
+        control="At every depth, the same C′ trained from scratch (does depth follow C′?) and the pipeline without "
+                "pruning, the CCM-trained C = 20 backbone with fresh ConvCaps (does depth follow the trained "
+                "backbone?).",
+        would_change=("Reproduced when, with every depth of every arm at ≥ 3 seeds, the pruned nets' trained "
+                      "maximum grows with PR; explained by the trained backbone if the unpruned backbone goes as deep, "
+                      "by C′ if each C′ from scratch does; not reproduced if it does not grow. At a plateau budget the "
+                      "answer may differ: there the trained backbone sank the PR 0.25 prune at I = 7 (claim 2)."),
+        breakdown=(
+            ("What the rows show", shown if len(pruned) else "no pruned run has finished yet"),
+            ("What is sufficient", "the screen: a rebuilt net whose first step is above 1e-5 learns in one epoch; "
+             "whether removing channels is needed is what the unpruned trained backbone's depths decide."),
+            ("What is untested", "every stage to a plateau; PR 0.5 and beyond; the authors' prune rule (C′ 18, 15, "
+             "13); CIFAR-10."),
+        ),
+        title="More pruning, more depth (Fig. 6)",
+        decided_in=("depth", "Fig. 6 at the decisive runs' profile", "Depth: Fig. 6"))
+
+
+def figure(out: pd.DataFrame, title: Optional[str] = None) -> Figure:
+    """One panel per PR: test accuracy against depth for each arm (every seed a dot, the mean a line), the chance
+    band shaded."""
+    arms = {"pruned": ("CCM + CHIP pruned", "C3"), "scratch": ("same C′ from scratch", "C0"),
+            "backbone": ("trained backbone, unpruned (PR 0)", "C2")}
+    prs = sorted(pr for pr in FIG6_LIMITS if pr > 0)
+    with _rc():
+        fig = Figure(figsize=book_figsize(PAGE_WIDTH_IN, 3.0), layout="constrained")
+        axes = fig.subplots(1, len(prs), sharey=True)
+        for ax, pr in zip(axes, prs):
+            ax.axhspan(100 * (CHANCE - CHANCE_BAND), 100 * (CHANCE + CHANCE_BAND), color="0.85", lw=0)
+            for arm, (name, color) in arms.items():
+                g = out[(out["arm"] == arm) & ((out["pr"] == pr) | (arm == "backbone"))]
+                if g.empty:
+                    continue
+                ax.scatter(g["I"], g["test_acc"], s=10, color=color, alpha=0.5)
+                mean = g.groupby("I")["test_acc"].mean()
+                ax.plot(mean.index, mean.values, marker="o", ms=3, color=color, label=name,
+                        ls="--" if arm == "backbone" else "-")
+            ax.set_title(f"PR {pr:g} (C′ = {_c_prime(pr)})")
+            ax.set_xlabel("ConvCaps layers I")
+            if len(out):
+                integer_ticks(ax, sorted(out["I"].unique()))
+        axes[0].set_ylabel("test accuracy (%)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
+        if title:
+            fig.suptitle(wrap_title(title, PAGE_WIDTH_IN))
+    return fig
+
+
+def _c_prime(pr: float) -> int:
+    from ..experiments.init_study import pruned_model_config
+    from ..engine.config import profile
+
+    return pruned_model_config(profile("cpu").model, pr).C
