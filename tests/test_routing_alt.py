@@ -615,3 +615,25 @@ def test_real_fashion_mnist_depth1_beats_chance_by_40_points(real_data_root, rou
     r, _ = fit(cfg, progress=False)
     print(f"{routing}: test accuracy {r.test_acc:.3f} after 1 epoch, {r.wall_time:.0f}s, {cfg.loss} loss")
     assert r.test_acc >= 0.50
+
+
+def test_the_init_probe_is_the_untrained_model_fit_builds(real_data_root):
+    """``probe_init`` probes the model ``fit`` starts from (built here the way ``fit`` builds it), and its dead
+    fractions are the shares of types with a mean activation ≤ 0.01 (seed 002, eq. 12)."""
+    import torch
+
+    from capslib.engine.data import load_splits
+    from capslib.engine.model import CapsNet
+    from capslib.engine.train import evaluate
+    from capslib.experiments.depth_study import depth_config, probe_init
+
+    cfg = depth_config("self", 2, **TINY)
+    data = load_splits(cfg.data)
+    acts, dead = probe_init(cfg, data)
+    torch.manual_seed(cfg.train.seed)
+    fresh = CapsNet(cfg.model)
+    ref = evaluate(fresh, data, "val", probe=True)[1].activations["paper002"]
+    assert acts == {k: [float(v) for v in vals] for k, vals in ref.items()}
+    for layer, vals in acts.items():
+        assert dead[layer] == pytest.approx(sum(v <= 0.01 for v in vals) / len(vals))
+    assert {"inter1", "inter2"} <= set(dead)

@@ -161,8 +161,8 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
                 "backbone?).",
         would_change=("Reproduced when, with every depth of every arm at ≥ 3 seeds, the pruned nets' trained "
                       "maximum grows with PR; explained by the trained backbone if the unpruned backbone goes as deep, "
-                      "by C′ if each C′ from scratch does; not reproduced if it does not grow. At a plateau budget the "
-                      "answer may differ: there the trained backbone sank the PR 0.25 prune at I = 7 (claim 2)."),
+                      "by C′ if each C′ from scratch does; not reproduced if it does not grow. At a plateau budget "
+                      "the answer may differ: there the trained backbone sank the PR 0.25 prune at I = 7 (claim 2)."),
         breakdown=(
             ("What the rows show", shown if len(pruned) else "no pruned run has finished yet"),
             ("What is sufficient", "the screen: a rebuilt net whose first step is above 1e-5 learns in one epoch; "

@@ -178,9 +178,9 @@ def verdict_fields(root: Optional[str | Path], profile: str) -> dict:
         seeds=c["seeds"],
         control="PR 0 run through the same pipeline (base, CCM, rebuild, retrain), so that a pruned cell's extra "
                 "training is matched; random channels at PR 0.5.",
-        would_change=(f"Decided by ≥ {MIN_PAIRED_SEEDS} paired seeds: reproduced when PR 0.125 or 0.25 lies above the "
-                      "pipeline's PR 0 and PR 0.75 below it, each 95 % interval excluding 0; not reproduced when both "
-                      "small PRs lie below it; inconclusive while the rise's interval spans 0 (more seeds would "
+        would_change=(f"Decided by ≥ {MIN_PAIRED_SEEDS} paired seeds: reproduced when PR 0.125 or 0.25 lies above "
+                      "the pipeline's PR 0 and PR 0.75 below it, each 95 % interval excluding 0; not reproduced when "
+                      "both small PRs lie below it; inconclusive while the rise's interval spans 0 (more seeds would "
                       "narrow it). The paper's own accuracies are CIFAR-10 and untestable here."),
         breakdown=(
             ("What the rows show", differences_text(c["table"])),

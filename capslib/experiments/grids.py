@@ -116,7 +116,8 @@ PAPER_TABLES: dict[str, list[dict[str, Any]]] = {
     "seed002_depth": [],  # seed 002 prints figures, not tables (Everett et al., Figs. 1-5)
     # the collapse study's decisive runs: the paper has no such table (Table 3 has no same-width control)
     "collapse": [], "collapse_h": [], "collapse_plateau": [], "remedies": [], "remedies_deep": [],
-    "kernel_widths": [], "seed002_dead": [], "table1_pr": [], "fig6_depth": [],  # table1_pr's paper row: TABLE1[(16, 6)]
+    # table1_pr's paper row is TABLE1[(16, 6)] (label-keyed rows do not merge with PR-keyed paper rows)
+    "kernel_widths": [], "seed002_dead": [], "table1_pr": [], "fig6_depth": [],
     "table5_limits": [dict(C=c, D=d, paper=v) for (c, d), v in TABLE5.items()],
 }
 
@@ -605,6 +606,12 @@ def _fig6_depth(profile: str) -> list[Point]:
     return order
 
 
+def _study(name: str, title: str, grid_fn: Callable[[str], list[Point]], **kw: Any) -> Experiment:
+    """A study of the rigorous verdicts: the ``cpu`` profile by default, unversioned keys (its rows stay done across
+    library edits, so it can span sittings) and point-major order unless ``kw`` says otherwise."""
+    return Experiment(name, title, grid_fn, **{"default_profile": "cpu", "versioned": False, "point_major": True, **kw})
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("table1", "Table 1: C/D configurations × pruning ratio (I = 0)", _table1),
     Experiment("table2", "Table 2: accuracy against IntermediateCaps depth I = 0..10", _table2),
@@ -614,36 +621,29 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("fig3", "Fig. 3: dead capsules over epochs, CapsNet[C=20, D=8, I=6]", _fig3),
     Experiment("seed002_depth", "Seed 002 Figs. 1-7: dynamic, EM, self- and VB routing at depth 1..10 "
                                 "(accuracy, dead capsules, activations)", _seed002_depth),
-    Experiment("collapse", "The decisive runs of the collapse study (CapsNet[20, 8] at its depth limit: from "
-                           "scratch, float64, C'=15 pruned vs from scratch, a remedy)", _collapse,
-               default_profile="cpu", versioned=False, point_major=True),
-    Experiment("collapse_h", "Hypothesis H factor by factor: single-factor init arms, a predicted failure and the "
-                             "remedy at I = 30 (one epoch)", _collapse_h,
-               default_profile="cpu", versioned=False, point_major=True),
-    Experiment("collapse_plateau", "The decisive points trained to a plateau (at most 10 epochs, patience 3), with "
-                                   "channel-selection controls of the rescue", _collapse_plateau,
-               default_profile="cpu", versioned=False, point_major=True, shared_stages=True),
-    Experiment("remedies", "Going deep without pruning: each remedy (squash bias, Efficient-CapsNet squash, residual "
-                           "ConvCaps) at I = 11, beside CCM + CHIP at PR 0.375 and its C' from scratch", _remedies,
-               default_profile="cpu", versioned=False, point_major=True),
-    Experiment("remedies_deep", "Going deep without pruning: each remedy at I = 30", _remedies_deep,
-               default_profile="cpu", versioned=False, point_major=True),
-    Experiment("table5_limits", "Table 5 at the cpu profile: each configuration at, below and beyond its screened "
-                                "depth limit, and at std 0.3", _table5_limits,
-               default_profile="cpu", versioned=False, point_major=True),
-    Experiment("seed002_dead", "Seed 002 at the cpu profile: dead capsules at initialisation and after training, "
-                               "dynamic, self-, EM and VB routing at depth 1, 3 and 5", _seed002_dead,
-               default_profile="cpu", versioned=False, point_major=True),
-    Experiment("table1_pr", "Table 1 on CapsNet[16, 6, 0] to a plateau: PR 0, 0.125, 0.25, 0.5, 0.75, the pipeline's PR "
-                            "0 and random channels, 5 seeds paired", _table1_pr,
-               default_profile="cpu", versioned=False, point_major=False, shared_stages=True),
-    Experiment("fig6_depth", "Fig. 6 at the cpu profile: the rebuilt CCM + CHIP pruned CapsNet[20, 8] at PR 0.125, 0.25, "
-                             "0.375 around its screened depth limit, its C' from scratch and the unpruned trained "
-                             "backbone at the same depths", _fig6_depth,
-               default_profile="cpu", versioned=False, point_major=True, shared_stages=True),
-    Experiment("kernel_widths", "Seed 004: CapsNet[C, 8, 0] at three widths trained to a plateau, for kernel "
-                                "similarity against width", _kernel_widths,
-               default_profile="cpu", versioned=False, point_major=True),
+    _study("collapse", "The decisive runs of the collapse study (CapsNet[20, 8] at its depth limit: from "
+                       "scratch, float64, C'=15 pruned vs from scratch, a remedy)", _collapse),
+    _study("collapse_h", "Hypothesis H factor by factor: single-factor init arms, a predicted failure and the "
+                         "remedy at I = 30 (one epoch)", _collapse_h),
+    _study("collapse_plateau", "The decisive points trained to a plateau (at most 10 epochs, patience 3), with "
+                               "channel-selection controls of the rescue", _collapse_plateau,
+           shared_stages=True),
+    _study("remedies", "Going deep without pruning: each remedy (squash bias, Efficient-CapsNet squash, residual "
+                       "ConvCaps) at I = 11, beside CCM + CHIP at PR 0.375 and its C' from scratch", _remedies),
+    _study("remedies_deep", "Going deep without pruning: each remedy at I = 30", _remedies_deep),
+    _study("table5_limits", "Table 5 at the cpu profile: each configuration at, below and beyond its screened "
+                            "depth limit, and at std 0.3", _table5_limits),
+    _study("seed002_dead", "Seed 002 at the cpu profile: dead capsules at initialisation and after training, "
+                           "dynamic, self-, EM and VB routing at depth 1, 3 and 5", _seed002_dead),
+    _study("table1_pr", "Table 1 on CapsNet[16, 6, 0] to a plateau: PR 0, 0.125, 0.25, 0.5, 0.75, the pipeline's PR "
+                        "0 and random channels, 5 seeds paired", _table1_pr,
+           point_major=False, shared_stages=True),
+    _study("fig6_depth", "Fig. 6 at the cpu profile: the rebuilt CCM + CHIP pruned CapsNet[20, 8] at PR 0.125, 0.25, "
+                         "0.375 around its screened depth limit, its C' from scratch and the unpruned trained "
+                         "backbone at the same depths", _fig6_depth,
+           shared_stages=True),
+    _study("kernel_widths", "Seed 004: CapsNet[C, 8, 0] at three widths trained to a plateau, for kernel "
+                            "similarity against width", _kernel_widths),
 ]}
 
 
