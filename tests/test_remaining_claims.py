@@ -191,3 +191,13 @@ def test_table1_trend_grid_is_plannable_at_every_pr():
 
     check_plan("table1_pr", plan("table1_pr", "cpu", 1))
     assert TABLE1_TREND["prs"] == (0.125, 0.25, 0.5, 0.75)
+
+
+def test_fig6_prediction_per_run_reads_the_screen():
+    s = pd.DataFrame(dict(arm=["pruned"] * 3 + ["scratch"], pr=[0.25] * 4, seed=[0] * 4, I=[10, 11, 12, 8],
+                          **{"update_max.all": [0.06, 2e-7, 0.0, 1e-3]}))
+    assert fig6_runs.predicted(s, "pruned", 0.25, 0, 10) == "trains"
+    assert fig6_runs.predicted(s, "pruned", 0.25, 0, 11) == "chance"
+    assert fig6_runs.predicted(s, "pruned", 0.25, 0, 14) == "chance"  # beyond the screen, past the limit
+    assert fig6_runs.predicted(s, "scratch", 0.25, 0, 9) == ""  # unscreened and no limit seen
+    assert fig6_runs.predicted(s, "pruned", 0.25, 1, 10) == ""  # another seed

@@ -24,6 +24,7 @@ from typing import Optional
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..engine.criterion import VANISHING_STEP
 from ..experiments.depth_screen import limits as screen_limits
 from ..experiments.grids import FIG6_LIMITS, get_experiment
 from ..experiments.results import read_store_csv
@@ -40,34 +41,56 @@ def _arm(label: str) -> str:
     return "backbone" if "unpruned" in label else ("scratch" if "from scratch" in label else "pruned")
 
 
-def screen(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
-    """Per arm ("pruned", "scratch"), PR and seed: the screened limit (:func:`capslib.experiments.depth_screen.limits`);
-    PR 0's "pruned" arm is the unpruned trained backbone."""
+def _screen_rows(root: Optional[str | Path], profile: str) -> pd.DataFrame:
     path = results_root(root) / EXPERIMENT / f"screen_{profile}.csv"
     if not path.is_file():
-        return pd.DataFrame(columns=["arm", "pr", "seed", "limit"])
-    lim = screen_limits(read_store_csv(path))
-    lim["arm"] = [("backbone" if a == "pruned" else "scratch") if float(pr) == 0 else a
-                  for a, pr in zip(lim["arm"], lim["pr"])]
-    return lim
+        return pd.DataFrame(columns=["arm", "pr", "seed", "I", "update_max.all"])
+    s = read_store_csv(path)
+    s["arm"] = [("backbone" if a == "pruned" else "scratch") if float(pr) == 0 else a
+                for a, pr in zip(s["arm"], s["pr"])]
+    return s
+
+
+def screen(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
+    """Per arm ("pruned", "scratch", "backbone": PR 0's rebuilt net), PR and seed: the screened limit
+    (:func:`capslib.experiments.depth_screen.limits`)."""
+    rows = _screen_rows(root, profile)
+    return screen_limits(rows) if len(rows) else pd.DataFrame(columns=["arm", "pr", "seed", "limit"])
+
+
+def predicted(screen_rows: pd.DataFrame, arm: str, pr: float, seed: int, I: int) -> str:
+    """The first-step rule's prediction for one run: "chance" when its screened first step is below 1e-5 (or,
+    beyond the screened depths, when the seed's limit is at or below I), "trains" when above, "" unscreened."""
+    g = screen_rows[(screen_rows["arm"] == arm) & (screen_rows["pr"].astype(float) == pr)
+                    & (screen_rows["seed"].astype(int) == seed)]
+    hit = g[g["I"].astype(int) == I]
+    if len(hit):
+        return "chance" if float(hit["update_max.all"].iloc[0]) < VANISHING_STEP else "trains"
+    below = g[g["update_max.all"].astype(float) < VANISHING_STEP]
+    return "chance" if len(below) and int(below["I"].min()) <= I else ""
 
 
 def outcomes(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
-    """One row per grid point and seed that ran: label, arm, PR, I, seed, test accuracy (%), observed outcome."""
+    """One row per grid point and seed that ran: label, arm, PR, I, seed, test accuracy (%), observed outcome,
+    the first-step rule's prediction from the screen (:func:`predicted`) and whether the run went as predicted."""
     path = results_root(root) / EXPERIMENT / f"{profile}.csv"
     points = {p.label: p for p in get_experiment(EXPERIMENT).grid(profile)}
-    cols = ["label", "arm", "pr", "I", "seed", "test_acc", "observed"]
+    cols = ["label", "arm", "pr", "I", "seed", "test_acc", "observed", "predicted", "as_predicted"]
     if not path.is_file():
         return pd.DataFrame(columns=cols)
+    screen_rows = _screen_rows(root, profile)
     df = final_rows(read_store_csv(path))
     df = df[df["label"].isin(points)].drop_duplicates(["label", "seed"], keep="last")
     rows = []
     for r in df.itertuples():
         p = points[r.label]
         acc = 100 * float(r.test_acc)
-        rows.append(dict(label=r.label, arm=_arm(r.label), pr=p.pr if p.kind == "prune" else _scratch_pr(r.label),
-                         I=p.I_after if p.kind == "prune" else dict(p.overrides)["I"], seed=int(r.seed), test_acc=acc,
-                         observed="chance" if abs(acc / 100 - CHANCE) <= CHANCE_BAND else "trains"))
+        arm, pr = _arm(r.label), (p.pr if p.kind == "prune" else _scratch_pr(r.label))
+        I = p.I_after if p.kind == "prune" else dict(p.overrides)["I"]
+        observed = "chance" if abs(acc / 100 - CHANCE) <= CHANCE_BAND else "trains"
+        pred = predicted(screen_rows, arm, pr, int(r.seed), I)
+        rows.append(dict(label=r.label, arm=arm, pr=pr, I=I, seed=int(r.seed), test_acc=acc, observed=observed,
+                         predicted=pred, as_predicted=(pred == observed) if pred else None))
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -144,6 +167,10 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
     controls = set(out["arm"]) >= {"scratch", "backbone"} if len(out) else False
     pruned = m[m["arm"] == "pruned"]
     shown = maxima_text(m)
+    judged = out.dropna(subset=["as_predicted"]) if len(out) else out
+    missed = ", ".join(f"{r.label} seed {r.seed}" for r in judged[~judged["as_predicted"].astype(bool)].itertuples())
+    rule = (f"the first-step rule predicted {int(judged['as_predicted'].sum())} of {len(judged)} runs (missed: "
+            f"{missed or 'none'})" if len(judged) else "no run has finished yet")
     return dict(
         supported=c["supported"], explained_by=c["explained_by"], n_seeds=c["seeds"], control_seen=controls,
         claim="The higher the pruning ratio, the deeper CapsNet[C=20, D=8] can go (max I 6 → 7, 9, 12)",
@@ -153,7 +180,7 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
                   f"the same C′ from scratch (`results/fig6_depth/screen_{profile}.csv`), limit per seed: "
                   f"{screen_text(c['screen'])}. Trained around the rebuilt nets' limit ({budget}; "
                   f"`results/fig6_depth/{profile}.csv`, {cpu_hours(root, profile):.2f} CPU-hours so far; "
-                  f"predictions committed first in `results/fig6_depth/predictions.md`): {shown}."),
+                  f"predictions committed first in `results/fig6_depth/predictions.md`): {shown}; {rule}."),
         scale=f"Fashion-MNIST, CapsNet[20, 8] pruned at PR 0.125, 0.25, 0.375, {budget}",
         seeds=c["seeds"],
         control="At every depth, the same C′ trained from scratch (does depth follow C′?) and the pipeline without "
