@@ -1,93 +1,14 @@
 """Squash and dynamic routing: invariants, and equivalence with a slow loop reference."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from capslib.engine.capsules import ClassCaps, ConvCaps
 from capslib.engine.routing import RoutingTrace, dynamic_routing, squash
+from slow_capsules import ref_classcaps, ref_convcaps
 
 torch.set_default_dtype(torch.float32)
-
-
-# ---- slow, obviously correct references (plain Python loops over capsules) ----
-
-def ref_squash(s: list[float]) -> list[float]:
-    n2 = sum(x * x for x in s)
-    if n2 == 0:
-        return [0.0] * len(s)
-    n = math.sqrt(n2)
-    return [n2 / (1 + n2) * x / n for x in s]
-
-
-def ref_route(votes, iters):
-    """votes[k][j] = list of D floats. Softmax over parents j for each child k."""
-    K, J = len(votes), len(votes[0])
-    D = len(votes[0][0])
-    b = [[0.0] * J for _ in range(K)]
-    v = None
-    for r in range(iters):
-        c = []
-        for k in range(K):
-            m = max(b[k])
-            e = [math.exp(x - m) for x in b[k]]
-            z = sum(e)
-            c.append([x / z for x in e])
-        v = []
-        for j in range(J):
-            s = [sum(c[k][j] * votes[k][j][d] for k in range(K)) for d in range(D)]
-            v.append(ref_squash(s))
-        if r < iters - 1:
-            for k in range(K):
-                for j in range(J):
-                    b[k][j] += sum(votes[k][j][d] * v[j][d] for d in range(D))
-    return v
-
-
-def matvec(Wm, x):
-    return [sum(Wm[d][e] * x[e] for e in range(len(x))) for d in range(len(Wm))]
-
-
-def ref_convcaps(u, W, iters, kernel=3, pad=1):
-    """Per output location, per input capsule in the k×k×Cin window, per output type."""
-    B, H, Wd, Cin, Din = u.shape
-    Cout = W.shape[1]
-    u, W = u.double().tolist(), W.double().tolist()
-    out = torch.zeros(B, H, Wd, Cout, W and len(W[0][0]), dtype=torch.float64)
-    for b in range(B):
-        for y in range(H):
-            for x in range(Wd):
-                votes = []
-                for ky in range(kernel):
-                    for kx in range(kernel):
-                        yy, xx = y + ky - pad, x + kx - pad
-                        for i in range(Cin):
-                            if 0 <= yy < H and 0 <= xx < Wd:
-                                child = u[b][yy][xx][i]
-                            else:
-                                child = [0.0] * Din  # zero padding
-                            kidx = (ky * kernel + kx) * Cin + i
-                            votes.append([matvec(W[kidx][j], child) for j in range(Cout)])
-                out[b, y, x] = torch.tensor(ref_route(votes, iters), dtype=torch.float64)
-    return out
-
-
-def ref_classcaps(u, W, iters):
-    B, H, Wd, C, D = u.shape
-    u, Wl = u.double().tolist(), W.double().tolist()
-    N = W.shape[1]
-    out = []
-    for b in range(B):
-        votes = []
-        for y in range(H):
-            for x in range(Wd):
-                for i in range(C):
-                    kidx = (y * Wd + x) * C + i
-                    votes.append([matvec(Wl[kidx][j], u[b][y][x][i]) for j in range(N)])
-        out.append(ref_route(votes, iters))
-    return torch.tensor(out, dtype=torch.float64)
 
 
 # ---- tests ----
