@@ -14,7 +14,8 @@ The rule, with the predictions committed before the runs (``results/fig6_depth/p
 * the claim is *reproduced* when the pruned maximum grows with PR (never falls, and PR 0.375's exceeds PR
   0.125's), *not reproduced* when it does not, *explained by the trained backbone* when it grows but the
   unpruned trained backbone goes as deep as the shallowest prune, and *explained by fewer types C'* when each
-  C' from scratch goes as deep as its prune.
+  C' from scratch goes as deep as its prune; it stays *inconclusive* while a pruned arm trains at none of its
+  depths (its maximum lies below the window the screen put it in, and may be below a smaller PR's).
 """
 from __future__ import annotations
 
@@ -121,9 +122,9 @@ def claim(root: Optional[str | Path] = None, profile: str = "cpu") -> dict:
     prs = sorted(pr for pr in FIG6_LIMITS if pr > 0)
     pruned = {r.pr: r for r in m[m["arm"] == "pruned"].itertuples()}
     supported, explained = None, None
-    if all(pr in pruned and pruned[pr].complete for pr in prs):
-        depth = [pruned[pr].trained_max if pruned[pr].trained_max is not None else FIG6_LIMITS[pr] - 2
-                 for pr in prs]
+    complete = all(pr in pruned and pruned[pr].complete for pr in prs)
+    if complete and all(pd.notna(pruned[pr].trained_max) for pr in prs):  # else a maximum lies below its window
+        depth = [int(pruned[pr].trained_max) for pr in prs]
         supported = all(b >= a for a, b in zip(depth, depth[1:])) and depth[-1] > depth[0]
         back = m[(m["arm"] == "backbone") & m["complete"]]
         scratch = {r.pr: r for r in m[(m["arm"] == "scratch") & m["complete"]].itertuples()}
