@@ -170,6 +170,8 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
     shown = maxima_text(m)
     judged = out.dropna(subset=["as_predicted"]) if len(out) else out
     missed = ", ".join(f"{r.label} seed {r.seed}" for r in judged[~judged["as_predicted"].astype(bool)].itertuples())
+    planned = len(get_experiment(EXPERIMENT).grid(profile)) * MIN_SEEDS
+    progress = f"{len(out)} of the {planned} planned runs committed"
     rule = (f"the first-step rule predicted {int(judged['as_predicted'].sum())} of {len(judged)} runs (missed: "
             f"{missed or 'none'})" if len(judged) else "no run has finished yet")
     return dict(
@@ -181,7 +183,7 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
                   f"the same C′ from scratch (`results/fig6_depth/screen_{profile}.csv`), limit per seed: "
                   f"{screen_text(c['screen'])}. Trained around the rebuilt nets' limit ({budget}; "
                   f"`results/fig6_depth/{profile}.csv`, {cpu_hours(root, profile):.2f} CPU-hours so far; "
-                  f"predictions committed first in `results/fig6_depth/predictions.md`): {shown}; {rule}."),
+                  f"predictions committed first in `results/fig6_depth/predictions.md`): {progress}; {shown}; {rule}."),
         scale=f"Fashion-MNIST, CapsNet[20, 8] pruned at PR 0.125, 0.25, 0.375, {budget}",
         seeds=c["seeds"],
         control="At every depth, the same C′ trained from scratch (does depth follow C′?) and the pipeline without "

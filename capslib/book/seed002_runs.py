@@ -23,7 +23,7 @@ from typing import Optional
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..experiments.grids import SEED002_ROUTINGS
+from ..experiments.grids import SEED002_ROUTINGS, get_experiment
 from ..experiments.results import read_store_csv
 from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, final_rows, results_root
 from .plots import PAGE_WIDTH_IN, book_figsize, integer_ticks, wrap_title
@@ -109,6 +109,8 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
     verdict itself) and the grade's inputs: ``supported``, ``explained_by``, ``n_seeds``, ``control_seen``."""
     c = claim(root, profile)
     outs = "; ".join(outcome_text(o) for o in c["outcomes"])
+    planned = len(get_experiment(EXPERIMENT).grid(profile)) * MIN_SEEDS
+    done = int(c["summary"]["seeds"].sum()) if len(c["summary"]) else 0
     dyn = next(o for o in c["outcomes"] if o["routing"] == "dynamic")
     return dict(
         supported=c["supported"], explained_by=None, n_seeds=c["seeds"], control_seen=dyn["decided"],
@@ -119,7 +121,8 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
         evidence=(f"Seed 002's capsule sizes (16 types, 4×4 poses), depths 1, 3, 5, Fashion-MNIST, {budget}, init std "
                   f"0.3 (`results/seed002_dead/{profile}.csv`, {c['cpu_hours']:.2f} CPU-hours so far; predictions "
                   f"committed first in `results/seed002_dead/predictions.md`; per-image costs measured first in "
-                  f"`results/seed002_depth/bench_{profile}.csv`): {summary_text(c['summary'])}. {outs}."),
+                  f"`results/seed002_depth/bench_{profile}.csv`; {done} of the {planned} planned runs committed): "
+                  f"{summary_text(c['summary'])}. {outs}."),
         scale=f"Fashion-MNIST, C = 16, 4×4 poses, depths 1, 3, 5, {budget}",
         seeds=c["seeds"],
         control="Dynamic routing at the same sizes, depths and budget (the main paper's routing), and depth 1 of "
