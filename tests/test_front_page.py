@@ -309,6 +309,8 @@ def test_intro_says_what_nbval_compares():
 
 
 def test_readme_opens_with_findings_that_match_the_verdicts(committed):
+    from capslib.book import fig6_runs, table1_runs
+
     readme = (ROOT / "README.md").read_text(encoding="utf8")
     opening = readme.split("## ", 1)[0]
     assert opening.index("**What it found**") < 600, "the findings are the README's first screen"
@@ -356,8 +358,21 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
     assert "[10, 8] sits at chance at I = 20, 25 and 31" in text
     assert all((g["observed"] == "chance").sum() >= 2 for _, g in ten8.groupby("I")) and set(ten8["I"]) == {20, 25, 31}
     assert limits["complete"].all()
-    assert "Fig. 6, Table 1 and seed 002's claim stay inconclusive here" in text
-    assert all(v.verdict.startswith("inconclusive") for v in (fig6, table1, seed002))
+    assert "Table 1's rise with PR is explained by extra training" in text
+    assert table1.verdict.startswith("explained by the extra training") and table1.seeds == 5
+    t1 = {r["comparison"]: r for _, r in table1_runs.claim(profile="cpu")["table"].iterrows()}
+    for comparison, shown in (("0.125 − plain", "+1.2"), ("0.25 − plain", "+0.8"), ("0.125 − pipeline", "+0.5"),
+                              ("0.25 − pipeline", "+0.1"), ("0.75 − pipeline", "−0.5")):
+        assert f"{t1[comparison]['mean']:+.1f}".replace("-", "−") == shown and shown in text, comparison
+    assert t1["0.125 − plain"]["lo"] > 0 and t1["0.25 − plain"]["lo"] > 0
+    assert t1["0.125 − pipeline"]["lo"] < 0 < t1["0.125 − pipeline"]["hi"] and t1["0.75 − pipeline"]["hi"] > 0
+    med = fig6_runs.screen().groupby(["arm", "pr"])["limit"].median()
+    assert "at 11, 13 and 21 layers for PR 0.125, 0.25 and 0.375" in text
+    assert [med[("pruned", pr)] for pr in (0.125, 0.25, 0.375)] == [11, 13, 21]
+    assert "C′ from scratch (8, 9 and 15)" in text and [med[("scratch", pr)] for pr in (0.125, 0.25, 0.375)] == [8, 9, 15]
+    assert "unpruned trained backbone (9)" in text and med[("backbone", 0.0)] == 9
+    assert "Fig. 6 and seed 002's claim stay inconclusive here" in text
+    assert all(v.verdict == "inconclusive" for v in (fig6, seed002))
     assert "notebooks/verdicts.ipynb" in text and "make book" in text and "make test" in text
 
 
@@ -416,6 +431,7 @@ def test_committed_negatives_list_every_missed_run_prediction_and_the_plateau_re
     from capslib.book.remedies_runs import predicted_vs_trained
     from capslib.book.study_points import arm_outcomes
 
+    from capslib.book import fig6_runs, table1_runs
     from capslib.book.kernel_runs import load_similarity, seed004_outcome
 
     negs = {n.title: n for n in claims.negative_results("cpu")}
@@ -430,6 +446,11 @@ def test_committed_negatives_list_every_missed_run_prediction_and_the_plateau_re
                 *(f"{r.label}, seed {r.seed}" for r in t5.itertuples())}
     if "missed" in seed004_outcome(load_similarity("cpu"))["text"]:
         expected.add("seed 004's measure against width")
+    f6 = fig6_runs.outcomes(profile="cpu")
+    expected |= {f"{r.label}, seed {r.seed}" for r in f6[f6["as_predicted"].eq(False)].itertuples()}
+    t1 = table1_runs.scored_predictions(table1_runs.claim(profile="cpu"))
+    expected |= {f"Table 1 [16, 6]: {c}" for c in t1.loc[t1["held"].eq(False), "comparison"]}
+    assert "Table 1 [16, 6]: 0.75 − pipeline" in expected  # the fall predicted before the rows, which missed
     assert set(missed.rows["point"]) == expected and "residual ConvCaps, I = 30" in expected
     assert "Table 5 [10, 6]: I=8, seed 2" in expected and "seed 004's measure against width" in expected
     assert f"{len(expected)} predictions committed before their runs missed" in missed.text

@@ -228,3 +228,24 @@ def test_fig6_screened_nets_are_the_trained_ones():
     med = fig6_runs.screen().groupby(["arm", "pr"])["limit"].median()
     for pr, L in FIG6_LIMITS.items():  # the grid sits at the screen's median limit per PR
         assert med[("backbone" if pr == 0 else "pruned", pr)] == L
+
+
+def test_table1_committed_predictions_are_scored_once_every_cell_has_five_seeds(tmp_path):
+    _table1_store(tmp_path, _cells(**{**BASE, "0.75": 78.0}))  # the fall: 0.75 − pipeline = −2.2, every seed
+    scored = table1_runs.scored_predictions(table1_runs.claim(tmp_path)).set_index("comparison")
+    assert scored["held"].tolist() == [True, True, True, True]
+    _table1_store(tmp_path, _cells(**{**BASE, "0.125": 81.2}))
+    scored = table1_runs.scored_predictions(table1_runs.claim(tmp_path))
+    assert scored["held"].tolist() == [False, True, True, True]  # a rise beyond the pipeline's PR 0
+
+
+def test_fig6_screen_predictions_are_scored_per_seed():
+    rows = []
+    for arm, pr, lims in (("pruned", 0.125, (9, 9, 9)), ("scratch", 0.125, (8, 8, 8)), ("pruned", 0.25, (10, 10, 11)),
+                          ("scratch", 0.25, (9, 9, 10)), ("pruned", 0.375, (13, 13, 13)),
+                          ("scratch", 0.375, (12, 12, 12)), ("backbone", 0.0, (8, 9, 10))):
+        rows += [dict(arm=arm, pr=pr, seed=s, limit=L) for s, L in enumerate(lims)]
+    got = [ok for _, ok in fig6_runs.screen_predictions(pd.DataFrame(rows))]
+    assert got == [True, True, True]
+    rows[-1]["limit"] = 11  # the backbone two layers beyond PR 0.125's rebuilt net in seed 2
+    assert [ok for _, ok in fig6_runs.screen_predictions(pd.DataFrame(rows))] == [True, True, False]

@@ -195,7 +195,8 @@ def _missed_predictions(limits: pd.DataFrame) -> Optional[Negative]:
 
 def _missed_run_predictions(runs_profile: str, root: Path) -> Optional[Negative]:
     """Training runs whose outcome was predicted in a committed file before they ran, and missed: hypothesis
-    H's arms (``results/collapse/predictions_h.md``) and the remedies (``results/remedies/predictions.md``)."""
+    H's arms (``results/collapse/predictions_h.md``), the remedies (``results/remedies/predictions.md``), the
+    Table 5 and Fig. 6 runs' first-step predictions, seed 004's rule and Table 1's paired-difference predictions."""
     from .remedies_runs import predicted_vs_trained
     from .study_points import arm_outcomes
 
@@ -210,21 +211,32 @@ def _missed_run_predictions(runs_profile: str, root: Path) -> Optional[Negative]
     t5 = t5[t5["as_predicted"].eq(False)]
     s4 = seed004_outcome(load_similarity(runs_profile, root))
     s4_missed = bool(s4["outcome"]) and "missed" in s4["text"]
+    from . import fig6_runs, table1_runs
+
+    f6 = fig6_runs.outcomes(root, runs_profile)
+    f6 = f6[f6["as_predicted"].eq(False)]
+    t1 = table1_runs.scored_predictions(table1_runs.claim(root, runs_profile))
+    t1 = t1[t1["held"].eq(False)]
+    t5 = pd.concat([t5, f6], ignore_index=True)  # per-run first-step predictions, Table 5's then Fig. 6's
     rows = pd.DataFrame({
         "point": [*arms["label"], *(f"{r}, I = {i}" for r, i in zip(rem["remedy"], rem["I"])),
                   *(f"{r.label}, seed {r.seed}" for r in t5.itertuples()),
-                  *(["seed 004's measure against width"] if s4_missed else [])],
+                  *(["seed 004's measure against width"] if s4_missed else []),
+                  *(f"Table 1 [16, 6]: {c}" for c in t1["comparison"])],
         "predicted": [*arms["predicted"], *rem["prediction"], *t5["predicted"],
                       *([f"{PREDICTED['verdict']} (the trend in {', '.join(PREDICTED['holds_in'])} only)"]
-                        if s4_missed else [])],
+                        if s4_missed else []), *t1["prediction"]],
         "test acc (%) per seed": [*arms["accs"], *rem["accs"], *(f"{a:.1f}" for a in t5["test_acc"]),
-                                  *(["—"] if s4_missed else [])],
+                                  *(["—"] if s4_missed else []), *(["—"] * len(t1))],
         "observed": [*arms["observed"], *rem["observed"], *t5["observed"],
-                     *([f"{s4['outcome']} (the trend in {', '.join(s4['holds_in'])})"] if s4_missed else [])],
+                     *([f"{s4['outcome']} (the trend in {', '.join(s4['holds_in'])})"] if s4_missed else []),
+                     *t1["observed"]],
         "predictions": ["`results/collapse/predictions_h.md`"] * len(arms)
                        + ["`results/remedies/predictions.md`"] * len(rem)
-                       + ["`results/table5_limits/predictions.md`"] * len(t5)
-                       + (["`results/kernel_widths/predictions.md`"] if s4_missed else [])})
+                       + ["`results/table5_limits/predictions.md`"] * (len(t5) - len(f6))
+                       + ["`results/fig6_depth/predictions.md`"] * len(f6)
+                       + (["`results/kernel_widths/predictions.md`"] if s4_missed else [])
+                       + ["`results/table1_pr/predictions.md`"] * len(t1)})
     if rows.empty:
         return None
     shown = "; ".join(f"{p}: predicted {pr}, observed {o} ({a} %)" for p, pr, a, o in
@@ -234,7 +246,8 @@ def _missed_run_predictions(runs_profile: str, root: Path) -> Optional[Negative]
     return Negative("Run predictions that missed", text, rows,
                     f"`results/collapse_h/{runs_profile}.csv`, `results/remedies/{runs_profile}.csv`, "
                     f"`results/remedies_deep/{runs_profile}.csv`, `results/table5_limits/{runs_profile}.csv`, "
-                    f"`results/kernel_widths/similarity_{runs_profile}.csv`")
+                    f"`results/kernel_widths/similarity_{runs_profile}.csv`, `results/fig6_depth/{runs_profile}.csv`, "
+                    f"`results/table1_pr/{runs_profile}.csv`")
 
 
 def _plateau_rescue_negative(runs_profile: str, root: Path) -> Optional[Negative]:

@@ -99,6 +99,29 @@ def _scratch_pr(label: str) -> float:
     return float(label.split("PR ", 1)[1].split(":", 1)[0])
 
 
+def screen_predictions(lim: pd.DataFrame) -> list[tuple[str, Optional[bool]]]:
+    """The screen predictions committed in ``results/fig6_depth/predictions.md`` (before the screen, and before the
+    PR 0 screen for the third), each with whether it held (None without the rows)."""
+    def per_seed(arm: str, pr: float) -> pd.Series:
+        g = lim[(lim["arm"] == arm) & (lim["pr"].astype(float) == pr)]
+        return g.set_index("seed")["limit"].astype(float).sort_index()
+
+    prs = [pr for pr in sorted(FIG6_LIMITS) if pr > 0]
+    scratch = {pr: per_seed("scratch", pr) for pr in prs}
+    pruned = {pr: per_seed("pruned", pr) for pr in prs}
+    back, first = per_seed("backbone", 0.0), pruned[prs[0]]
+    have = all(len(v) for v in (*scratch.values(), *pruned.values()))
+    medians = [float(scratch[pr].median()) for pr in prs] if have else []
+    return [
+        ("the C′ from scratch limit does not fall as PR grows and is ≥ 12 at PR 0.375",
+         (all(b >= a for a, b in zip(medians, medians[1:])) and medians[-1] >= 12) if have else None),
+        ("the rebuilt pruned net's limit is within one layer of its C′ from scratch in every seed",
+         all(((pruned[pr] - scratch[pr]).abs() <= 1).all() for pr in prs) if have else None),
+        ("the unpruned trained backbone's limit is within one layer of PR 0.125's rebuilt net in every seed",
+         bool(((back - first).abs() <= 1).all()) if len(back) and len(first) else None),
+    ]
+
+
 def maxima(out: pd.DataFrame) -> pd.DataFrame:
     """Per arm and PR: the depths run (each with ≥ MIN_SEEDS seeds), the deepest that trains in most seeds
     (None when none does) and whether the arm is complete (every planned depth has its seeds)."""
@@ -195,6 +218,9 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
                       "the answer may differ: there the trained backbone sank the PR 0.25 prune at I = 7 (claim 2)."),
         breakdown=(
             ("What the rows show", shown if len(pruned) else "no pruned run has finished yet"),
+            ("The committed screen predictions", "; ".join(
+                f"{text}: {'held' if ok else 'missed' if ok is False else 'open'}"
+                for text, ok in screen_predictions(c["screen"]))),
             ("What is sufficient", "the screen: a rebuilt net whose first step is above 1e-5 learns in one epoch; "
              "whether removing channels is needed is what the unpruned trained backbone's depths decide."),
             ("What is untested", "every stage to a plateau; PR 0.5 and beyond; the authors' prune rule (C′ 18, 15, "

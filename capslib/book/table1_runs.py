@@ -122,7 +122,8 @@ def claim(root: Optional[str | Path] = None, profile: str = "cpu") -> dict:
         why = "a small PR lies above the pipeline's PR 0 and PR 0.75 below it, both intervals excluding 0"
     elif rise == 0 and beats_plain:
         supported, explained = True, "the extra training (the pipeline's PR 0 gains as much)"
-        why = "a small PR beats plain training but not the pipeline's PR 0, which has the same extra training"
+        why = ("a small PR beats plain training but not the pipeline's PR 0, which has the same extra training; "
+               + ("PR 0.75 lies below the pipeline's PR 0" if fall < 0 else "the fall's interval spans 0"))
     else:
         why = ("the interval of the rise spans 0" if rise == 0 else "the interval of the fall spans 0")
     C, D = TABLE1_TREND["C"], TABLE1_TREND["D"]
@@ -184,6 +185,9 @@ def verdict_fields(root: Optional[str | Path], profile: str) -> dict:
                       "narrow it). The paper's own accuracies are CIFAR-10 and untestable here."),
         breakdown=(
             ("What the rows show", differences_text(c["table"])),
+            ("The committed predictions", "; ".join(
+                f"{r.prediction}: {r.observed}, {'held' if r.held else 'missed' if r.held is False else 'open'}"
+                for r in scored_predictions(c).itertuples())),
             ("What is sufficient", "the pipeline's PR 0 is the comparison that isolates pruning: plain training "
              "gets a third of the pruned cells' epochs."),
             ("What is untested", "\"doubling C or D raises accuracy\" (the other configurations of Table 1); the "
@@ -220,3 +224,30 @@ def figure(c: dict, title: Optional[str] = None) -> Figure:
         if title:
             fig.suptitle(wrap_title(title, PAGE_WIDTH_IN))
     return fig
+
+
+#: The predictions committed in ``results/table1_pr/predictions.md`` before any row, each with its test on the
+#: paired differences (keyed by :func:`differences`' "comparison").
+PREDICTIONS = (
+    ("no rise from pruning: PR 0.125 − the pipeline's PR 0 has an interval containing 0 or below it",
+     "0.125 − pipeline", lambda r: r["lo"] <= 0),
+    ("the fall: PR 0.75 − the pipeline's PR 0 below −1 point, its interval excluding 0",
+     "0.75 − pipeline", lambda r: r["mean"] < -1 and r["hi"] < 0),
+    ("CHIP and random channels at PR 0.5 within ±1 point", "0.5 − random 0.5", lambda r: abs(r["mean"]) <= 1),
+    ("the pipeline's extra training is worth something: its PR 0 minus plain training ≥ 0 (mean)",
+     "pipeline − plain", lambda r: r["mean"] >= 0),
+)
+
+
+def scored_predictions(c: dict) -> pd.DataFrame:
+    """Each committed prediction, the paired difference it is judged on and whether it held (None before every
+    cell has :data:`MIN_PAIRED_SEEDS` seeds)."""
+    by = {r["comparison"]: r for _, r in c["table"].iterrows()}
+    rows = []
+    for text, comparison, test in PREDICTIONS:
+        r = by[comparison]
+        held = bool(test(r)) if c["seeds"] >= MIN_PAIRED_SEEDS else None
+        rows.append(dict(prediction=text, comparison=comparison,
+                         observed=f"{r['mean']:+.2f} (95 % CI {r['lo']:+.2f} to {r['hi']:+.2f})" if r["n"] > 1 else "",
+                         held=held))
+    return pd.DataFrame(rows)
