@@ -371,7 +371,12 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
     assert [med[("pruned", pr)] for pr in (0.125, 0.25, 0.375)] == [11, 13, 21]
     assert "C′ from scratch (8, 9 and 15)" in text and [med[("scratch", pr)] for pr in (0.125, 0.25, 0.375)] == [8, 9, 15]
     assert "unpruned trained backbone (9)" in text and med[("backbone", 0.0)] == 9
-    assert "Fig. 6 and seed 002's claim stay inconclusive here" in text
+    m = fig6_runs.claim(profile="cpu")["maxima"].set_index(["arm", "pr"])
+    assert "only the PR 0.125 prune reaches its window (10 layers" in text and m.loc[("pruned", 0.125), "trained_max"] == 10
+    assert "against 8 for the unpruned trained backbone" in text and m.loc[("backbone", 0.0), "trained_max"] == 8
+    assert "the PR 0.25 and 0.375 prunes train at none of the depths" in text and m["complete"].all()
+    assert all(pd.isna(m.loc[("pruned", pr), "trained_max"]) for pr in (0.25, 0.375))
+    assert "so Fig. 6 stays inconclusive" in text and "its claim stays inconclusive too" in text
     assert all(v.verdict == "inconclusive" for v in (fig6, seed002))
     assert "notebooks/verdicts.ipynb" in text and "make book" in text and "make test" in text
 

@@ -195,6 +195,11 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
     missed = ", ".join(f"{r.label} seed {r.seed}" for r in judged[~judged["as_predicted"].astype(bool)].itertuples())
     planned = len(get_experiment(EXPERIMENT).grid(profile)) * MIN_SEEDS
     progress = f"{len(out)} of the {planned} planned runs committed"
+    below = [f"PR {r.pr:g}" for r in pruned.itertuples() if r.complete and pd.isna(r.trained_max)]
+    if c["supported"] is None and below:
+        progress += (f"; inconclusive because the {' and '.join(below)} prune{'s' if len(below) > 1 else ''} "
+                     "train at none of the depths the screen put them at (their trained maxima lie below L′ − 1, "
+                     "so shallower runs would decide whether depth grows with PR)")
     rule = (f"the first-step rule predicted {int(judged['as_predicted'].sum())} of {len(judged)} runs (missed: "
             f"{missed or 'none'})" if len(judged) else "no run has finished yet")
     return dict(
