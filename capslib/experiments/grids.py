@@ -568,13 +568,17 @@ def _table1_pr(profile: str) -> list[Point]:
 #: 9 (its C' = 17 from scratch 8, 8, 7); PR 0.25 13, 13, 11 (C' = 15: 9, 9, 9); PR 0.375 21, 23, 21 (C' = 12: 16, 15,
 #: 13); PR 0 9, 9 in seeds 0 and 1 (the median whatever seed 2 gives).
 FIG6_LIMITS: dict[float, int] = {0.125: 11, 0.25: 13, 0.375: 21, 0.0: 9}
+#: PR -> the shallower depths added after the PR 0.25 and 0.375 prunes trained at none of L' − 1 .. L' + 1 in most
+#: seeds (addendum 3 of ``results/fig6_depth/predictions.md``), the more decisive first.
+FIG6_SHALLOW: dict[float, tuple[int, ...]] = {0.25: (11, 10), 0.375: (19, 18)}
 
 
 def _fig6_depth(profile: str) -> list[Point]:
     """For each PR of :data:`FIG6_LIMITS` the prune at L' − 1, L', L' + 1 and its C' from scratch at the same
     depths (CapsNet[20, 8] base, ``cpu`` profile, one epoch per stage), most decisive first: every PR's pair at
     L' − 1 (the prune must train there; does its C' from scratch?), then the prunes at L' and L' + 1, then the
-    scratch nets there, then the pipeline's PR 0. The smoke miniature: CapsNet[8, 4], PR 0.25 and 0 at I = 1."""
+    scratch nets there, then the pipeline's PR 0, then the pairs at :data:`FIG6_SHALLOW`'s depths. The smoke
+    miniature: CapsNet[8, 4], PR 0.25 and 0 at I = 1."""
     from .init_study import pruned_model_config
 
     small = _small(profile)
@@ -604,7 +608,9 @@ def _fig6_depth(profile: str) -> list[Point]:
     order = ([p for pr in prs for p in (pruned(pr, limits[pr] - 1), scratch(pr, limits[pr] - 1))]
              + [pruned(pr, limits[pr] + k) for k in (0, 1) for pr in prs]
              + [scratch(pr, limits[pr] + k) for k in (0, 1) for pr in prs]
-             + [pruned(0.0, limits[0.0] + k) for k in (-1, 0, 1)])
+             + [pruned(0.0, limits[0.0] + k) for k in (-1, 0, 1)]
+             + [p for k in range(max(map(len, FIG6_SHALLOW.values()))) for pr, depths in FIG6_SHALLOW.items()
+                if k < len(depths) for p in (pruned(pr, depths[k]), scratch(pr, depths[k]))])
     return order
 
 
