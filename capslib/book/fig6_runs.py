@@ -31,7 +31,7 @@ from ..experiments.grids import FIG6_LIMITS, get_experiment
 from ..experiments.results import read_store_csv
 from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, final_rows, results_root
 from .plots import PAGE_WIDTH_IN, book_figsize, integer_ticks, wrap_title
-from .rescue_evidence import ok_rows
+from .rescue_evidence import study_hours
 
 EXPERIMENT = "fig6_depth"
 #: The paper's maximum depth per PR (Fig. 6, CIFAR-10).
@@ -178,16 +178,13 @@ def screen_text(lim: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def cpu_hours(root: Optional[str | Path], profile: str) -> float:
-    """CPU-hours of the study's finished runs so far (their rows' wall time)."""
-    return float(ok_rows(root, f"{EXPERIMENT}/{profile}.csv")["wall_time"].astype(float).sum()) / 3600
-
 
 def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dict:
     """The verdict page's fields for Fig. 6 (every :class:`~capslib.book.chapters.verdicts.Verdict` field but the
     verdict itself) and the grade's inputs: ``supported``, ``explained_by``, ``n_seeds``, ``control_seen``."""
     c = claim(root, profile)
     m, out = c["maxima"], c["outcomes"]
+    hours = study_hours(root, f"{EXPERIMENT}/{profile}.csv")
     controls = set(out["arm"]) >= {"scratch", "backbone"} if len(out) else False
     pruned = m[m["arm"] == "pruned"]
     shown = maxima_text(m)
@@ -210,7 +207,7 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
         evidence=(f"The first-step screen of the rebuilt nets exactly as the pipeline hands them to retraining, and of "
                   f"the same C′ from scratch (`results/fig6_depth/screen_{profile}.csv`), limit per seed: "
                   f"{screen_text(c['screen'])}. Trained around the rebuilt nets' limit ({budget}; "
-                  f"`results/fig6_depth/{profile}.csv`, {cpu_hours(root, profile):.2f} CPU-hours so far; "
+                  f"`results/fig6_depth/{profile}.csv`, {hours:.2f} CPU-hours so far; "
                   f"predictions committed first in `results/fig6_depth/predictions.md`): {progress}; {shown}; {rule}."),
         scale=f"Fashion-MNIST, CapsNet[20, 8] pruned at PR 0.125, 0.25, 0.375, {budget}",
         seeds=c["seeds"],

@@ -43,6 +43,12 @@ def ok_rows(root, rel: str) -> pd.DataFrame:
     return df[df["status"].astype(str) == "ok"]
 
 
+def study_hours(root, rel: str) -> float:
+    """CPU-hours of the ok rows of ``results/<rel>`` so far: the sum of their wall times (one thread per run, on
+    a shared machine, so an upper bound on the CPU time)."""
+    return float(ok_rows(root, rel)["wall_time"].astype(float).sum()) / 3600
+
+
 #: What the rescue verdict leaves untested once the plateau rows are in.
 RESCUE_UNTESTED = ("PR 0.125 and 0.375 at the plateau (only PR 0.25 ran there); §3.5's extra stage, which retrains "
                     "the pruned net without IntermediateCaps before moving its backbone into the deep net (the "

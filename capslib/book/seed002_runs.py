@@ -27,6 +27,7 @@ from ..experiments.grids import SEED002_ROUTINGS, get_experiment
 from ..experiments.results import read_store_csv
 from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, final_rows, results_root
 from .plots import PAGE_WIDTH_IN, book_figsize, integer_ticks, wrap_title
+from .rescue_evidence import study_hours
 
 EXPERIMENT = "seed002_dead"
 #: The least growth of the dead share (a fraction of the types) that counts as "grows": one type in ten.
@@ -36,7 +37,7 @@ GROWTH = 0.10
 def runs(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFrame:
     """One row per run: routing, depth, seed, test accuracy (%), dead share after training and at init (%)."""
     path = results_root(root) / EXPERIMENT / f"{profile}.csv"
-    cols = ["routing", "depth", "seed", "test_acc", "dead", "dead_init", "wall_time"]
+    cols = ["routing", "depth", "seed", "test_acc", "dead", "dead_init"]
     if not path.is_file():
         return pd.DataFrame(columns=cols)
     df = final_rows(read_store_csv(path))
@@ -44,8 +45,8 @@ def runs(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.DataFram
     return pd.DataFrame({"routing": df["model.routing"].astype(str), "depth": df["model.I"].astype(int),
                          "seed": df["seed"].astype(int), "test_acc": 100 * df["test_acc"].astype(float),
                          "dead": 100 * df["dead_frac"].astype(float),
-                         "dead_init": 100 * df["dead_frac_init"].astype(float),
-                         "wall_time": df["wall_time"].astype(float)}, columns=cols)
+                         "dead_init": 100 * df["dead_frac_init"].astype(float)},
+                        columns=cols)
 
 
 def summary(r: pd.DataFrame) -> pd.DataFrame:
@@ -86,7 +87,7 @@ def claim(root: Optional[str | Path] = None, profile: str = "cpu") -> dict:
         supported = None
     seeds = int(s["seeds"].min()) if len(s) else 0
     return dict(supported=supported, outcomes=outs, summary=s, seeds=seeds,
-                cpu_hours=float(r["wall_time"].sum()) / 3600 if len(r) else 0.0)
+                cpu_hours=study_hours(root, f"{EXPERIMENT}/{profile}.csv"))
 
 
 def summary_text(s: pd.DataFrame) -> str:

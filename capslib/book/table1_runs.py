@@ -27,7 +27,7 @@ from ..experiments.grids import TABLE1, TABLE1_TREND
 from ..experiments.results import read_store_csv
 from .collapse_runs import _rc, final_rows, results_root
 from .plots import PAGE_WIDTH_IN, book_figsize, wrap_title
-from .rescue_evidence import ok_rows
+from .rescue_evidence import study_hours
 
 EXPERIMENT = "table1_pr"
 #: Seeds the issue asks for per cell (Table 1's differences are 0.2-1.5 points).
@@ -150,16 +150,13 @@ def accuracy_text(acc: pd.DataFrame) -> str:
 
 
 
-def cpu_hours(root: Optional[str | Path], profile: str) -> float:
-    """CPU-hours of the study's finished runs so far (their rows' wall time)."""
-    return float(ok_rows(root, f"{EXPERIMENT}/{profile}.csv")["wall_time"].astype(float).sum()) / 3600
-
 
 def verdict_fields(root: Optional[str | Path], profile: str) -> dict:
     """The verdict page's fields for Table 1 (every :class:`~capslib.book.chapters.verdicts.Verdict` field but the
     verdict itself) and the grade's inputs: ``supported``, ``explained_by``, ``n_seeds``, ``control_seen``."""
     c = claim(root, profile)
     acc, C, D = c["accuracies"], TABLE1_TREND["C"], TABLE1_TREND["D"]
+    hours = study_hours(root, f"{EXPERIMENT}/{profile}.csv")
     paper = ", ".join(f"PR {pr:g}: {v:.2f}" for pr, v in c["paper"].items())
     data = TABLE1_TREND["data"]
     budget = (f"{data['train_size']:,} training, {data['val_size']:,} validation and {data['test_size']:,} test "
@@ -172,7 +169,7 @@ def verdict_fields(root: Optional[str | Path], profile: str) -> dict:
         paper=f"CapsNet[{C}, {D}]: {paper} (CIFAR-10)",
         evidence=(f"CapsNet[{C}, {D}, 0] (Table 1's cheapest configuration that the paper's prune rule plans at every "
                   f"PR), Fashion-MNIST, {budget}, seeds paired (`results/table1_pr/{profile}.csv`, "
-                  f"{cpu_hours(root, profile):.2f} CPU-hours; predictions committed first in "
+                  f"{hours:.2f} CPU-hours; predictions committed first in "
                   f"`results/table1_pr/predictions.md`). Test accuracy: {accuracy_text(acc)}. Paired differences: "
                   f"{differences_text(c['table'])}. {c['why'].capitalize()}."),
         scale=f"Fashion-MNIST, CapsNet[{C}, {D}, 0], {budget}",

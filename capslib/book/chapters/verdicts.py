@@ -15,7 +15,7 @@ import pandas as pd
 from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
 from ..criterion_runs import criterion_table, rebuilt_short, rebuilt_table, rule_text
 from .. import fig6_runs, seed002_runs, table1_runs, table5_runs
-from ..rescue_evidence import (RESCUE_UNTESTED, first_step_text, ok_rows, plateau_of, plateau_stages_text,
+from ..rescue_evidence import (RESCUE_UNTESTED, first_step_text, ok_rows, plateau_of, plateau_stages_text, study_hours,
                                plateau_sufficient_text, plateau_trains, rerun_failures, selection_text,
                                selection_untested)
 from ..kernel_runs import load_similarity, seed004_outcome
@@ -361,7 +361,7 @@ def verdicts(runs_profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
         f"{r['CapsNet']}: screen limit per seed {r['screen limit per seed']}, depths run {r['depths run']}, "
         f"deepest trained in most seeds {'–' if pd.isna(r['deepest trained']) else int(r['deepest trained'])} "
         f"(paper {r['paper max I']})" for _, r in t5.iterrows())
-    t5_cost = ok_rows(root, f"table5_limits/{runs_profile}.csv")["wall_time"].astype(float).sum() / 3600
+    t5_cost = study_hours(root, f"table5_limits/{runs_profile}.csv")
     out.append(Verdict(
         claim="Table 5's maximum depths without pruning: 4 to > 30, deeper with larger D at fixed C and with "
               "smaller C at fixed D",
