@@ -151,6 +151,17 @@ def test_seed002_a_flat_routing_is_not_reproduced_and_an_undecided_one_inconclus
     assert seed002_runs.claim(tmp_path)["supported"] is None
 
 
+def test_seed002_verdict_names_the_routings_it_has_not_decided(tmp_path):
+    _seed002_store(tmp_path, lambda r, I: 0.0)
+    df = pd.read_csv(tmp_path / "seed002_dead" / "cpu.csv")
+    df[~df["model.routing"].isin(["em", "vb"])].to_csv(tmp_path / "seed002_dead" / "cpu.csv", index=False)
+    f = seed002_runs.verdict_fields(tmp_path, "cpu", "one epoch")
+    untested = dict(f["breakdown"])["What is untested"]
+    assert f["supported"] is False and "em and vb routing" in untested
+    _seed002_store(tmp_path, lambda r, I: 0.0)
+    assert "routing" not in dict(seed002_runs.verdict_fields(tmp_path, "cpu", "one epoch")["breakdown"])["What is untested"]
+
+
 # ----------------------------------------------------------------------------------- Fig. 6's rule
 def _fig6_store(root, trains):
     rows = []

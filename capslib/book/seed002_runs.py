@@ -113,6 +113,7 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
     planned = len(get_experiment(EXPERIMENT).grid(profile)) * MIN_SEEDS
     done = int(c["summary"]["seeds"].sum()) if len(c["summary"]) else 0
     dyn = next(o for o in c["outcomes"] if o["routing"] == "dynamic")
+    undecided = [o["routing"] for o in c["outcomes"] if not o["decided"]]
     return dict(
         supported=c["supported"], explained_by=None, n_seeds=c["seeds"], control_seen=dyn["decided"],
         claim="Dead capsules grow with depth under EM, self- and VB routing (and accuracy falls)",
@@ -137,7 +138,9 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
             ("What the rows show", outs),
             ("What is sufficient", "one epoch of 3,000 images, when depth 1 trains well above chance: the dead "
              "share is measured on a net that learned."),
-            ("What is untested", "depths 7-10, seed 002's 50 epochs and its other datasets."),
+            ("What is untested", "depths 7-10, seed 002's 50 epochs and its other datasets" + (
+                f"; {' and '.join(undecided)} routing (depth 1 and a deeper depth not both at 3 seeds yet)"
+                if undecided else "") + "."),
         ),
         title="Seed 002: dead capsules grow with depth under EM, self- and VB routing",
         decided_in=("routing", "Seed 002 at the decisive runs' profile", "Routing: seed 002's dead capsules"))
