@@ -187,6 +187,20 @@ def test_fig6_pruned_depth_growing_with_pr_reproduces_and_a_missed_window_stays_
     assert fig6_runs.claim(tmp_path)["supported"] is None  # PR 0.375's maximum lies below its window
 
 
+def test_a_run_below_chance_did_not_learn(tmp_path):
+    from capslib.book.collapse_runs import at_chance
+
+    assert at_chance(0.07) and at_chance(0.12) and at_chance(0.0) and not at_chance(0.125)
+    _fig6_store(tmp_path, lambda arm, pr, I: arm == "pruned" and I < FIG6_LIMITS[pr])
+    df = pd.read_csv(tmp_path / "fig6_depth" / "cpu.csv")
+    df.loc[df["label"].str.contains("PR 0.375: CCM") & (df["test_acc"] < 0.5), "test_acc"] = 0.07  # I = 21, 22
+    df.to_csv(tmp_path / "fig6_depth" / "cpu.csv", index=False)
+    out = fig6_runs.outcomes(tmp_path)
+    assert (out[(out["pr"] == 0.375) & (out["arm"] == "pruned") & (out["I"] >= 21)]["observed"] == "chance").all()
+    m = fig6_runs.maxima(out).set_index(["arm", "pr"])
+    assert m.loc[("pruned", 0.375), "trained_max"] == 20
+
+
 def test_fig6_growth_is_explained_by_the_backbone_or_by_c_prime_when_they_go_as_deep(tmp_path):
     pruned = lambda arm, pr, I: arm == "pruned" and I <= FIG6_LIMITS[pr]  # noqa: E731
     _fig6_store(tmp_path, lambda arm, pr, I: pruned(arm, pr, I) or (arm == "backbone" and I <= FIG6_LIMITS[0.0] + 1))

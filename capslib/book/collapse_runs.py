@@ -29,6 +29,13 @@ MIN_SEEDS = 3
 #: Chance accuracy of a 10-class problem, and the band around it that counts as collapsed.
 CHANCE = 0.10
 CHANCE_BAND = 0.02
+
+
+def at_chance(acc: float) -> bool:
+    """Whether a test accuracy (a fraction) says the run did not learn: at most the chance band's top. Below the
+    band counts too: a net whose outputs collapsed onto a wrong class scores 5-8 % on balanced test images, and
+    that is no more learning than 10 %."""
+    return acc <= CHANCE + CHANCE_BAND
 #: The only verdicts the page states.
 VERDICTS = ("reproduced", "not reproduced", "explained by …", "inconclusive", "inconclusive (smoke scale)",
             "untestable here (CIFAR-10)")
@@ -133,10 +140,10 @@ def load_collapse(profile: str = RUNS_PROFILE, root: Optional[str | Path] = None
 
 
 def _collapsed(row: Mapping[str, Any]) -> bool:
-    """A run is collapsed when the store says so or its test accuracy is within 2 points of chance."""
+    """A run is collapsed when the store says so or its test accuracy is at chance (:func:`at_chance`)."""
     flag = str(row.get("collapsed", "")).strip().lower() == "true"
     acc = _num(row.get("test_acc"))
-    return flag or (not math.isnan(acc) and abs(acc - CHANCE) <= CHANCE_BAND)
+    return flag or (not math.isnan(acc) and at_chance(acc))
 
 
 def run_summary(rows: pd.DataFrame, points: Optional[Sequence[CollapsePoint]] = None) -> pd.DataFrame:

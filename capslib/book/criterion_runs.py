@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from ..engine.criterion import VANISHING_STEP
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, _rc, final_rows, results_root
+from .collapse_runs import CHANCE, _rc, at_chance, final_rows, results_root
 from .plots import FONT, PAGE_WIDTH_IN, book_figsize, legend_outside
 
 #: The rule committed with hypothesis H's predictions: :data:`capslib.engine.criterion.VANISHING_STEP`.
@@ -69,7 +69,7 @@ def criterion_table(root: Optional[str | Path] = None, profile: str = "cpu") -> 
             out.append(dict(study=study, label=r.get("label", ""), seed=int(r["seed"]),
                             dtype=r.get("train.dtype", "float32") if isinstance(r.get("train.dtype"), str) else "float32",
                             epochs=int(r.get("epochs_run", 1) or 1), test_acc=100 * acc,
-                            at_chance=abs(acc - CHANCE) <= CHANCE_BAND, update_max=signal, class_max=class_max,
+                            at_chance=at_chance(acc), update_max=signal, class_max=class_max,
                             source=source, config_hash=r["config_hash"]))
     return pd.DataFrame(out, columns=["study", "label", "seed", "dtype", "epochs", "test_acc", "at_chance",
                                       "update_max", "class_max", "source", "config_hash"])
@@ -232,8 +232,8 @@ def rebuilt_text(table: pd.DataFrame) -> str:
     def outcome(r) -> str:
         if math.isnan(r.retrained):
             return "not retrained yet"
-        return f"retrained to {r.retrained:.1f} %, " + ("at chance, as the rule predicts" if abs(
-            r.retrained / 100 - CHANCE) <= CHANCE_BAND else "it learned: this refutes the rule")
+        return f"retrained to {r.retrained:.1f} %, " + ("at chance, as the rule predicts" if at_chance(
+            r.retrained / 100) else "it learned: this refutes the rule")
 
     text += ("Every rebuilt net's first Adam step in training mode is full-size (at least "
              f"{train['update_max'].min():.2g}). " if low.empty else
@@ -280,7 +280,7 @@ def _rerun_outcomes(table: pd.DataFrame) -> str:
         return ""
     parts = []
     for label, g in train.groupby("label", sort=False):
-        dead = g[(g["retrained"] / 100 - CHANCE).abs() <= CHANCE_BAND]
+        dead = g[(g["retrained"] / 100).map(at_chance)]
         text = f"{label}: " + ", ".join(f"{a:.1f}" for a in g["retrained"]) + " %"
         if len(dead):
             text += " (" + "; ".join(f"seed {r.seed} at chance, its first step {r.update_max:.2g}"

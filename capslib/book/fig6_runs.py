@@ -29,7 +29,7 @@ from ..engine.criterion import VANISHING_STEP
 from ..experiments.depth_screen import limits as screen_limits
 from ..experiments.grids import FIG6_LIMITS, get_experiment
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, final_rows, results_root
+from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, at_chance, final_rows, results_root
 from .plots import PAGE_WIDTH_IN, book_figsize, integer_ticks, wrap_title
 from .rescue_evidence import study_hours
 
@@ -88,7 +88,7 @@ def outcomes(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.Data
         acc = 100 * float(r.test_acc)
         arm, pr = _arm(r.label), (p.pr if p.kind == "prune" else _scratch_pr(r.label))
         I = p.I_after if p.kind == "prune" else dict(p.overrides)["I"]
-        observed = "chance" if abs(acc / 100 - CHANCE) <= CHANCE_BAND else "trains"
+        observed = "chance" if at_chance(acc / 100) else "trains"
         pred = predicted(screen_rows, arm, pr, int(r.seed), I)
         rows.append(dict(label=r.label, arm=arm, pr=pr, I=I, seed=int(r.seed), test_acc=acc, observed=observed,
                          predicted=pred, as_predicted=(pred == observed) if pred else None))

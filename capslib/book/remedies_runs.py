@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from ..experiments.grids import COLLAPSE
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, final_rows, results_root
+from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, at_chance, final_rows, results_root
 from .collapse_runs import runs_footer as _collapse_footer
 from .plots import FONT, PAGE_WIDTH_IN, book_figsize, integer_ticks, legend_outside, provenance_text, wrap_title
 from .study_points import H_PREDICTIONS, point_outcomes
@@ -282,7 +282,7 @@ class Prediction:
 
     def text(self) -> str:
         return (f"{self.outcome} (above {self.above:g} % in every seed)" if self.outcome == "trains" else
-                f"{self.outcome} (within {100 * CHANCE_BAND:g} points of {100 * CHANCE:g} % in every seed)")
+                f"{self.outcome} (at most {100 * (CHANCE + CHANCE_BAND):g} % in every seed)")
 
 
 #: The predictions of ``results/remedies/predictions.md`` (its tables, by the point's label in the
@@ -315,7 +315,7 @@ def _prediction(p: DeepPoint) -> tuple[Optional[Prediction], str]:
 
 
 def _seed_outcome(acc: float, above: float) -> str:
-    if abs(acc / 100 - CHANCE) <= CHANCE_BAND:
+    if at_chance(acc / 100):
         return "chance"
     return "trains" if acc > above else f"below {above:g} %"
 
@@ -546,11 +546,11 @@ def deep_claim(root: Optional[str | Path] = None, profile: str = "cpu",
         supported, seeds = False, int(ran["seeds"].max())
     ctrl = out[(out["kind"] == "baseline") & (out["role"] == "test")].sort_values("I").head(1)
     c = ctrl.iloc[0] if len(ctrl) else None
-    at_chance = sum(abs(a / 100 - CHANCE) <= CHANCE_BAND for a in c["accs"]) if c is not None else 0
+    n_chance = sum(at_chance(a / 100) for a in c["accs"]) if c is not None else 0
     control_text = ("no row yet" if c is None or not c["seeds"] else
                     f"`{c['label']}` (`results/{c['experiment']}/{profile}.csv`): "
                     + ", ".join(f"{a:.1f}" for a in c["accs"])
-                    + f" % over {c['seeds']} seeds, {at_chance} at chance")
+                    + f" % over {c['seeds']} seeds, {n_chance} at chance")
 
     def line(r) -> str:
         where = f"`results/{r.experiment}/{profile}.csv`, `{r.label}`"
@@ -558,7 +558,7 @@ def deep_claim(root: Optional[str | Path] = None, profile: str = "cpu",
             return f"{r.remedy}: not run yet ({where})"
         return f"{r.remedy}: " + ", ".join(f"{a:.1f}" for a in r.accs) + f" % over {r.seeds} seeds ({where})"
     return dict(supported=supported, seeds=seeds, I=deep_I, threshold=threshold, status=status, **names,
-                control_seeds=int(c["seeds"]) if c is not None else 0, control_at_chance=at_chance,
+                control_seeds=int(c["seeds"]) if c is not None else 0, control_at_chance=n_chance,
                 control_text=control_text, evidence="; ".join(line(r) for r in deep.itertuples()))
 
 

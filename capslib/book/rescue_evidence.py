@@ -11,7 +11,7 @@ from typing import Optional
 import pandas as pd
 
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, results_root
+from .collapse_runs import MIN_SEEDS, at_chance, results_root
 from .criterion_runs import THRESHOLD, criterion_table
 from .study_points import outcomes_text
 
@@ -27,7 +27,7 @@ def rerun_failures(rebuilt: pd.DataFrame, label_start: str) -> str:
     """", but not on every backbone: …" when a retrained rerun net of the point sat at chance, else ""."""
     t = rebuilt[(rebuilt["mode"] == "train") & rebuilt["label"].astype(str).str.startswith(label_start)]
     t = t.dropna(subset=["retrained"])
-    dead = t[(t["retrained"] / 100 - CHANCE).abs() <= CHANCE_BAND]
+    dead = t[(t["retrained"] / 100).map(at_chance)]
     if dead.empty:
         return ""
     return (f", but not on every backbone: in a rerun of the pipeline {len(dead)} of {len(t)} such nets sat at chance "

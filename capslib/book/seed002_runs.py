@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from ..experiments.grids import SEED002_ROUTINGS, get_experiment
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, final_rows, results_root
+from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, at_chance, final_rows, results_root
 from .plots import PAGE_WIDTH_IN, book_figsize, integer_ticks, wrap_title
 from .rescue_evidence import study_hours
 
@@ -68,7 +68,7 @@ def routing_outcome(s: pd.DataFrame, routing: str) -> dict:
     d = max(deeper)
     growth = float(g.loc[d, "dead"] - g.loc[1, "dead"])
     return dict(routing=routing, decided=True, deepest=int(d), growth=growth, grows=growth >= 100 * GROWTH,
-                depth1_trains=bool(g.loc[1, "test_acc"] > 100 * (CHANCE + CHANCE_BAND)))
+                depth1_trains=not at_chance(g.loc[1, "test_acc"] / 100))
 
 
 def claim(root: Optional[str | Path] = None, profile: str = "cpu") -> dict:

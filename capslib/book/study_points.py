@@ -14,7 +14,7 @@ from typing import Optional
 import pandas as pd
 
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, final_rows, results_root
+from .collapse_runs import MIN_SEEDS, at_chance, final_rows, results_root
 
 #: The outcome predicted for each arm of hypothesis H, as committed in results/collapse/predictions_h.md
 #: (commit 5fe609e, before any collapse_h row existed): "trains" (≥ 50 % test accuracy after one epoch in every
@@ -48,7 +48,7 @@ def point_outcomes(experiment: str, profile: str = "cpu", root: Optional[str | P
         epochs = [int(e) for e in g["epochs_run"]] if "epochs_run" in g else []
         out.append(dict(label=label, seeds=len(g), accs=accs, mean=sum(accs) / len(accs),
                         std=float(pd.Series(accs).std()) if len(accs) > 1 else math.nan,
-                        at_chance=sum(abs(a / 100 - CHANCE) <= CHANCE_BAND for a in accs),
+                        at_chance=sum(at_chance(a / 100) for a in accs),
                         epochs=f"{min(epochs)}–{max(epochs)}" if epochs and min(epochs) != max(epochs)
                         else (str(epochs[0]) if epochs else ""),
                         devices=", ".join(sorted(set(g[_where(g)].dropna().astype(str)))) if _where(g) else ""))
@@ -58,7 +58,7 @@ def point_outcomes(experiment: str, profile: str = "cpu", root: Optional[str | P
 def _observed(accs: list[float]) -> str:
     """The outcome class of a point's seeds, in :data:`H_PREDICTIONS`' terms ("mixed" when seeds differ)."""
     def one(a: float) -> str:
-        if abs(a / 100 - CHANCE) <= CHANCE_BAND:
+        if at_chance(a / 100):
             return "chance"
         return "trains" if a >= 50 else "below 50 %"
     kinds = {one(a) for a in accs}

@@ -21,7 +21,7 @@ from ..engine.criterion import VANISHING_STEP
 from ..experiments.depth_screen import depth_config
 from ..experiments.grids import TABLE5, _small, get_experiment
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, results_root
+from .collapse_runs import MIN_SEEDS, at_chance, results_root
 
 EXPERIMENT = "table5_limits"
 #: [20, 8]'s depths, trained by the collapse study (float32, one epoch, the same configs).
@@ -80,7 +80,7 @@ def outcomes(root: Optional[str | Path] = None, profile: str = "cpu") -> pd.Data
     acc = dict(zip(runs["config_hash"], 100 * runs["test_acc"].astype(float)))
     pred["test_acc"] = pred["config_hash"].map(acc)
     pred["observed"] = pred["test_acc"].map(lambda a: "" if pd.isna(a) else
-                                            ("chance" if abs(a / 100 - CHANCE) <= CHANCE_BAND else "trains"))
+                                            ("chance" if at_chance(a / 100) else "trains"))
     pred["as_predicted"] = [None if not o or not p else o == p for o, p in zip(pred["observed"], pred["predicted"])]
     return pred
 
