@@ -154,10 +154,12 @@ def test_seed002_a_flat_routing_is_not_reproduced_and_an_undecided_one_inconclus
 def test_seed002_verdict_names_the_routings_it_has_not_decided(tmp_path):
     _seed002_store(tmp_path, lambda r, I: 0.0)
     df = pd.read_csv(tmp_path / "seed002_dead" / "cpu.csv")
-    df[~df["model.routing"].isin(["em", "vb"])].to_csv(tmp_path / "seed002_dead" / "cpu.csv", index=False)
+    started = (df["model.routing"] == "em") & (df["model.I"] == 1) & (df["seed"] == 0)  # one EM run in
+    df[~df["model.routing"].isin(["em", "vb"]) | started].to_csv(tmp_path / "seed002_dead" / "cpu.csv", index=False)
     f = seed002_runs.verdict_fields(tmp_path, "cpu", "one epoch")
     untested = dict(f["breakdown"])["What is untested"]
     assert f["supported"] is False and "em and vb routing" in untested
+    assert f["n_seeds"] == 3  # the decided points' seeds; the undecided EM point's one seed does not count
     _seed002_store(tmp_path, lambda r, I: 0.0)
     assert "routing" not in dict(seed002_runs.verdict_fields(tmp_path, "cpu", "one epoch")["breakdown"])["What is untested"]
 

@@ -85,7 +85,8 @@ def claim(root: Optional[str | Path] = None, profile: str = "cpu") -> dict:
         supported = True
     else:
         supported = None
-    seeds = int(s["seeds"].min()) if len(s) else 0
+    used = [(o["routing"], d) for o in outs if o["decided"] for d in (1, o["deepest"])]
+    seeds = int(s.set_index(["routing", "depth"]).loc[used, "seeds"].min()) if used else 0
     return dict(supported=supported, outcomes=outs, summary=s, seeds=seeds,
                 cpu_hours=study_hours(root, f"{EXPERIMENT}/{profile}.csv"))
 
