@@ -309,7 +309,8 @@ def test_intro_says_what_nbval_compares():
 
 
 def test_readme_opens_with_findings_that_match_the_verdicts(committed):
-    from capslib.book import fig6_runs, table1_runs
+    from capslib.book import fig6_runs, seed002_runs, table1_runs
+    from capslib.book.collapse_runs import at_chance
 
     readme = (ROOT / "README.md").read_text(encoding="utf8")
     opening = readme.split("## ", 1)[0]
@@ -366,18 +367,32 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
         assert f"{t1[comparison]['mean']:+.1f}".replace("-", "−") == shown and shown in text, comparison
     assert t1["0.125 − plain"]["lo"] > 0 and t1["0.25 − plain"]["lo"] > 0
     assert t1["0.125 − pipeline"]["lo"] < 0 < t1["0.125 − pipeline"]["hi"] and t1["0.75 − pipeline"]["hi"] > 0
-    med = fig6_runs.screen().groupby(["arm", "pr"])["limit"].median()
-    assert "at 11, 13 and 21 layers for PR 0.125, 0.25 and 0.375" in text
+    assert "Fig. 6 is reproduced on Fashion-MNIST" in text and fig6.verdict == "reproduced" and fig6.seeds == 3
+    f6 = fig6_runs.claim(profile="cpu")
+    m = f6["maxima"].set_index(["arm", "pr"])
+    assert m["complete"].all()
+    assert "trains to 10, 11 and 18 ConvCaps layers at PR 0.125, 0.25 and 0.375" in text
+    assert [m.loc[("pruned", pr), "trained_max"] for pr in (0.125, 0.25, 0.375)] == [10, 11, 18]
+    strict = f6["strict"][2].set_index(["arm", "pr"])
+    assert "10, 10 and 18 if a run must pass 20 %" in text and f6["strict"][:2] == (True, None)
+    assert [strict.loc[("pruned", pr), "trained_max"] for pr in (0.125, 0.25, 0.375)] == [10, 10, 18]
+    assert "the same C′ from scratch trains at none of those depths" in text
+    assert all(pd.isna(m.loc[("scratch", pr), "trained_max"]) for pr in (0.125, 0.25, 0.375))
+    assert "the unpruned trained backbone stops at 8" in text and m.loc[("backbone", 0.0), "trained_max"] == 8
+    med = f6["screen"].groupby(["arm", "pr"])["limit"].median()
+    assert "at 11, 13 and 21 layers (medians of three seeds)" in text
     assert [med[("pruned", pr)] for pr in (0.125, 0.25, 0.375)] == [11, 13, 21]
-    assert "C′ from scratch (8, 9 and 15)" in text and [med[("scratch", pr)] for pr in (0.125, 0.25, 0.375)] == [8, 9, 15]
-    assert "unpruned trained backbone (9)" in text and med[("backbone", 0.0)] == 9
-    m = fig6_runs.claim(profile="cpu")["maxima"].set_index(["arm", "pr"])
-    assert "only the PR 0.125 prune reaches its window (10 layers" in text and m.loc[("pruned", 0.125), "trained_max"] == 10
-    assert "against 8 for the unpruned trained backbone" in text and m.loc[("backbone", 0.0), "trained_max"] == 8
-    assert "the PR 0.25 and 0.375 prunes train at none of the depths" in text and m["complete"].all()
-    assert all(pd.isna(m.loc[("pruned", pr), "trained_max"]) for pr in (0.25, 0.375))
-    assert "so Fig. 6 stays inconclusive" in text and "its claim stays inconclusive too" in text
-    assert all(v.verdict == "inconclusive" for v in (fig6, seed002))
+    assert "8, 9 and 15 for C′ from scratch" in text and [med[("scratch", pr)] for pr in (0.125, 0.25, 0.375)] == [8, 9, 15]
+    assert "9 for the unpruned trained backbone" in text and med[("backbone", 0.0)] == 9
+    s002 = seed002_runs.claim(profile="cpu")
+    outs = {o["routing"]: o for o in s002["outcomes"]}
+    summ = s002["summary"].set_index(["routing", "depth"])
+    assert "Seed 002's claim that capsules die with depth under EM, self- and VB routing is not reproduced" in text
+    assert seed002.verdict == "not reproduced" and outs["self"]["decided"] and not outs["self"]["grows"]
+    assert "self-routing keeps every type alive at 1, 3 and 5 layers" in text
+    assert all(summ.loc[("self", d), "dead"] == 0 and summ.loc[("self", d), "seeds"] >= 3 for d in (1, 3, 5))
+    assert "dynamic routing loses 95 % of its types at 5 layers and sits at chance" in text
+    assert round(summ.loc[("dynamic", 5), "dead"]) == 95 and at_chance(summ.loc[("dynamic", 5), "test_acc"] / 100)
     assert "notebooks/verdicts.ipynb" in text and "make book" in text and "make test" in text
 
 
@@ -436,7 +451,8 @@ def test_committed_negatives_list_every_missed_run_prediction_and_the_plateau_re
     from capslib.book.remedies_runs import predicted_vs_trained
     from capslib.book.study_points import arm_outcomes
 
-    from capslib.book import fig6_runs, table1_runs
+    from capslib.book import fig6_runs, seed002_runs, table1_runs
+    from capslib.book.collapse_runs import at_chance
     from capslib.book.kernel_runs import load_similarity, seed004_outcome
 
     negs = {n.title: n for n in claims.negative_results("cpu")}
