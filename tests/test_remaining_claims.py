@@ -139,6 +139,8 @@ def test_seed002_dead_share_growing_under_every_claimed_routing_reproduces(tmp_p
     c = seed002_runs.claim(tmp_path)
     assert c["supported"] is True
     assert {o["routing"]: o["deepest"] for o in c["outcomes"]} == {"em": 5, "self": 5, "vb": 5, "dynamic": 5}
+    assert all(o["acc"] == (60.0, 60.0) for o in c["outcomes"])
+    assert "test accuracy 60.0 → 60.0 %)" in seed002_runs.outcome_text(c["outcomes"][0])
     assert c["cpu_hours"] == pytest.approx(len(get_experiment("seed002_dead").grid("cpu")) * 3 * 10 / 3600)
 
 

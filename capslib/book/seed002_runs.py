@@ -60,15 +60,18 @@ def summary(r: pd.DataFrame) -> pd.DataFrame:
 
 def routing_outcome(s: pd.DataFrame, routing: str) -> dict:
     """For one routing: ``decided``, the depths compared, the growth of the trained dead share (points) and
-    whether it ``grows``; ``depth1_trains``: depth 1 above the chance band."""
+    whether it ``grows``; ``depth1_trains``: depth 1 above the chance band; ``acc``: mean test accuracy (%) at
+    depth 1 and at the deepest decided depth."""
     g = s[(s["routing"] == routing) & (s["seeds"] >= MIN_SEEDS)].set_index("depth")
     deeper = [d for d in g.index if d > 1]
     if 1 not in g.index or not deeper:
-        return dict(routing=routing, decided=False, deepest=None, growth=None, grows=None, depth1_trains=None)
+        return dict(routing=routing, decided=False, deepest=None, growth=None, grows=None, depth1_trains=None,
+                    acc=None)
     d = max(deeper)
     growth = float(g.loc[d, "dead"] - g.loc[1, "dead"])
     return dict(routing=routing, decided=True, deepest=int(d), growth=growth, grows=growth >= 100 * GROWTH,
-                depth1_trains=not at_chance(g.loc[1, "test_acc"] / 100))
+                depth1_trains=not at_chance(g.loc[1, "test_acc"] / 100),
+                acc=(float(g.loc[1, "test_acc"]), float(g.loc[d, "test_acc"])))
 
 
 def claim(root: Optional[str | Path] = None, profile: str = "cpu") -> dict:
@@ -102,8 +105,10 @@ def outcome_text(o: dict) -> str:
     if not o["decided"]:
         return f"{o['routing']}: not decided yet"
     verb = "grows" if o["grows"] else "does not grow"
+    a1, ad = o["acc"]
     return (f"{o['routing']}: the trained dead share {verb} from I = 1 to {o['deepest']} ({o['growth']:+.0f} "
-            f"points){'' if o['depth1_trains'] else '; depth 1 itself sits at chance'}")
+            f"points; test accuracy {a1:.1f} → {ad:.1f} %{', at chance' if at_chance(ad / 100) else ''})"
+            f"{'' if o['depth1_trains'] else '; depth 1 itself sits at chance'}")
 
 
 def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dict:
