@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -451,8 +450,7 @@ def test_committed_negatives_list_every_missed_run_prediction_and_the_plateau_re
     from capslib.book.remedies_runs import predicted_vs_trained
     from capslib.book.study_points import arm_outcomes
 
-    from capslib.book import fig6_runs, seed002_runs, table1_runs
-    from capslib.book.collapse_runs import at_chance
+    from capslib.book import fig6_runs, table1_runs
     from capslib.book.kernel_runs import load_similarity, seed004_outcome
 
     negs = {n.title: n for n in claims.negative_results("cpu")}
