@@ -6,7 +6,6 @@ import torch
 
 from capslib.engine.config import profile
 from capslib.engine.criterion import ADAM_EPS, gradient_signal, length_signal, parameter_groups, snapshot, step_signal
-from capslib.engine.data import load_splits
 from capslib.engine.losses import margin_loss
 from capslib.engine.model import CapsNet
 from capslib.engine.train import fit
