@@ -137,9 +137,11 @@ def verdict_fields(root: Optional[str | Path], profile: str, budget: str) -> dic
                 "each routing, which must train well above chance.",
         would_change=("Decided per routing when depth 1 and a deeper depth have ≥ 3 seeds: reproduced when the "
                       f"trained dead share grows by ≥ {100 * GROWTH:.0f} points under EM, self- and VB routing, not "
-                      "reproduced when one of them does not; EM and VB at depth 5 cost 12–21× dynamic routing per "
-                      "image and run last. More epochs (seed 002 trains 50) may let capsules die that one epoch "
-                      "leaves alive."),
+                      "reproduced when one of them does not. EM and VB cost 12–21× dynamic routing per image, so "
+                      "their deeper points run last or are cut (`results/seed002_dead/README.md` says which); a "
+                      "routing left undecided cannot turn a refutation by another into a reproduction. More epochs "
+                      "(seed 002 trains 50) may let capsules die that one epoch leaves alive, and a dead-share "
+                      "measure other than eq. 12's mean activation may see what it misses."),
         breakdown=(
             ("What the rows show", outs),
             ("What is sufficient", "one epoch of 3,000 images, when depth 1 trains well above chance: the dead "
