@@ -391,6 +391,9 @@ def test_readme_opens_with_findings_that_match_the_verdicts(committed):
     assert "self-routing keeps every type alive at 1, 3 and 5 layers" in text
     assert all(summ.loc[("self", d), "dead"] == 0 and summ.loc[("self", d), "seeds"] >= 3 for d in (1, 3, 5))
     assert "dynamic routing loses 95 % of its types at 5 layers and sits at chance" in text
+    assert "EM routing falls to chance at 3 layers (45 → 10 %) with no type dead" in text and not outs["em"]["grows"]
+    assert [round(a) for a in outs["em"]["acc"]] == [45, 10] and at_chance(outs["em"]["acc"][1] / 100)
+    assert summ.loc[("em", 1), "dead"] == summ.loc[("em", 3), "dead"] == 0 and summ.loc[("em", 3), "seeds"] >= 3
     assert round(summ.loc[("dynamic", 5), "dead"]) == 95 and at_chance(summ.loc[("dynamic", 5), "test_acc"] / 100)
     assert "notebooks/verdicts.ipynb" in text and "make book" in text and "make test" in text
 
