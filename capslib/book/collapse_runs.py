@@ -36,9 +36,38 @@ def at_chance(acc: float) -> bool:
     band counts too: a net whose outputs collapsed onto a wrong class scores 5-8 % on balanced test images, and
     that is no more learning than 10 %."""
     return acc <= CHANCE + CHANCE_BAND
+
+
 #: The only verdicts the page states.
 VERDICTS = ("reproduced", "not reproduced", "explained by …", "inconclusive", "inconclusive (smoke scale)",
             "untestable here (CIFAR-10)")
+
+
+def grade(*, supported: Optional[bool], n_seeds: int, control_seen: bool, scale: str,
+          explained_by: Optional[str] = None) -> str:
+    """The verdict rule, in order:
+
+    1. evidence only on CIFAR-10, which is not available here: "untestable here (CIFAR-10)";
+    2. only smoke-scale rows: "inconclusive (smoke scale)" - a smoke number is never a reproduction;
+    3. fewer than :data:`MIN_SEEDS` seeds at a decisive point, no control run, or no outcome yet:
+       "inconclusive";
+    4. the effect is absent: "not reproduced";
+    5. the effect is there but the control shows another cause: "explained by <cause>";
+    6. else "reproduced".
+    """
+    if scale == "cifar10":
+        return "untestable here (CIFAR-10)"
+    if scale == "smoke":
+        return "inconclusive (smoke scale)"
+    if supported is None or n_seeds < MIN_SEEDS or not control_seen:
+        return "inconclusive"
+    if not supported:
+        return "not reproduced"
+    if explained_by:
+        return f"explained by {explained_by}"
+    return "reproduced"
+
+
 DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST", "fashion-mnist test": "Fashion-MNIST (test images)",
                   "mnist": "MNIST", "cifar10": "CIFAR-10"}
 

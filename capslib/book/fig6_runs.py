@@ -29,7 +29,7 @@ from ..engine.criterion import VANISHING_STEP
 from ..experiments.depth_screen import limits as screen_limits
 from ..experiments.grids import FIG6_LIMITS, get_experiment
 from ..experiments.results import read_store_csv
-from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, at_chance, final_rows, results_root
+from .collapse_runs import CHANCE, CHANCE_BAND, MIN_SEEDS, _rc, at_chance, final_rows, grade, results_root
 from .plots import PAGE_WIDTH_IN, book_figsize, integer_ticks, wrap_title
 from .rescue_evidence import study_hours
 
@@ -191,10 +191,8 @@ def _maxima_list(m: pd.DataFrame, arm: str) -> str:
 
 
 def _grade_word(supported: Optional[bool], explained: Optional[str]) -> str:
-    """The verdict page's word for a grade of the rule (:func:`capslib.book.chapters.verdicts.grade`), seeds and
+    """The verdict page's word for a grade of the rule (:func:`capslib.book.collapse_runs.grade`), seeds and
     controls taken as present: this module only varies the threshold."""
-    from .chapters.verdicts import grade  # the chapter imports this module
-
     return grade(supported=supported, n_seeds=MIN_SEEDS, control_seen=True, scale="full", explained_by=explained)
 
 

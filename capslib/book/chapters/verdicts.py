@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
-from ..collapse_runs import MIN_SEEDS, collapse_points, load_collapse, results_root, run_summary
+from ..collapse_runs import MIN_SEEDS, collapse_points, grade, load_collapse, results_root, run_summary
 from ..criterion_runs import criterion_table, rebuilt_short, rebuilt_table, rule_text
 from .. import fig6_runs, seed002_runs, table1_runs, table5_runs
 from ..rescue_evidence import (RESCUE_UNTESTED, first_step_text, ok_rows, plateau_of, plateau_stages_text, study_hours,
@@ -71,31 +71,6 @@ class Verdict:
         if self.verdict.startswith("untestable here"):
             return "untestable here"
         return self.verdict
-
-
-def grade(*, supported: Optional[bool], n_seeds: int, control_seen: bool, scale: str,
-          explained_by: Optional[str] = None) -> str:
-    """The verdict rule, in order:
-
-    1. evidence only on CIFAR-10, which is not available here: "untestable here (CIFAR-10)";
-    2. only smoke-scale rows: "inconclusive (smoke scale)" - a smoke number is never a reproduction;
-    3. fewer than :data:`MIN_SEEDS` seeds at a decisive point, no control run, or no outcome yet:
-       "inconclusive";
-    4. the effect is absent: "not reproduced";
-    5. the effect is there but the control shows another cause: "explained by <cause>";
-    6. else "reproduced".
-    """
-    if scale == "cifar10":
-        return "untestable here (CIFAR-10)"
-    if scale == "smoke":
-        return "inconclusive (smoke scale)"
-    if supported is None or n_seeds < MIN_SEEDS or not control_seen:
-        return "inconclusive"
-    if not supported:
-        return "not reproduced"
-    if explained_by:
-        return f"explained by {explained_by}"
-    return "reproduced"
 
 
 #: What a rescue control that trains shows: a narrower net from scratch (C' < 20), or the C = 20 net on
